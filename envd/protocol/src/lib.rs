@@ -1,0 +1,14 @@
+//! Wire types and Connect service traits for E2B's envd protocol.
+//!
+//! Generated at build time from `proto/process.proto` and
+//! `proto/filesystem.proto`, which were written from the protocol
+//! description the stock E2B SDKs follow: same packages (`process`,
+//! `filesystem`), service, message names and field numbers. The JSON
+//! mapping is proto3's canonical one (camelCase names, enum names, int64 as
+//! strings, base64 bytes), which is what the SDKs speak.
+//!
+//! This crate owns no behaviour; the daemon in `envd` implements the traits.
+
+#![allow(missing_docs, clippy::all)]
+
+connectrpc::include_generated!();

@@ -1,0 +1,1 @@
+//! Signed `/files` URLs (owned by the files helper; see module `files`).

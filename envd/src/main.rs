@@ -1,0 +1,68 @@
+//! The `envd` binary: parse flags, become init if we are PID 1, serve.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use envd::config::EnvdConfig;
+
+fn main() -> anyhow::Result<()> {
+    let config = EnvdConfig::parse();
+    init_tracing(config.log_json);
+    let is_init = std::process::id() == 1;
+    if is_init {
+        envd::pid1::setup(&config).context("pid-1 setup")?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    let result = runtime.block_on(run(config, is_init));
+    if is_init {
+        envd::pid1::power_off();
+    }
+    result
+}
+
+async fn run(mut config: EnvdConfig, is_init: bool) -> anyhow::Result<()> {
+    if is_init {
+        config.ensure_default_user = true;
+        tokio::spawn(envd::pid1::reap_orphans());
+    }
+    if config.ensure_default_user {
+        envd::pid1::ensure_user(&config.default_user).context("create default user")?;
+    }
+    let addr = config.listen_addr();
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("bind {addr}"))?;
+    tracing::info!(%addr, version = envd::ENVD_VERSION, is_init, "envd listening");
+    let app = envd::server::app(Arc::new(config), is_init);
+    envd::server::serve(listener, app, shutdown_signal()).await.context("serve")?;
+    tracing::info!("envd stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
