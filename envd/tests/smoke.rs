@@ -4,7 +4,12 @@ mod common;
 #[tokio::test]
 async fn health_and_unknown_rpc() {
     let e = common::TestEnvd::start().await;
-    let res = e.http.get(format!("{}/health", e.base)).send().await.unwrap();
+    let res = e
+        .http
+        .get(format!("{}/health", e.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status().as_u16(), 204);
     assert_eq!(res.headers()["x-envd-version"], envd::ENVD_VERSION);
     let (status, body) = e.unary("process.Process/Nope", serde_json::json!({})).await;
@@ -26,7 +31,12 @@ async fn bad_json_is_invalid_argument_and_server_keeps_serving() {
     assert_eq!(res.status().as_u16(), 400);
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["code"], "invalid_argument");
-    let res = e.http.get(format!("{}/health", e.base)).send().await.unwrap();
+    let res = e
+        .http
+        .get(format!("{}/health", e.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status().as_u16(), 204);
 }
 
@@ -57,6 +67,11 @@ async fn access_token_is_enforced_after_init() {
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["A"], "1");
     // health stays open
-    let res = e.http.get(format!("{}/health", e.base)).send().await.unwrap();
+    let res = e
+        .http
+        .get(format!("{}/health", e.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status().as_u16(), 204);
 }

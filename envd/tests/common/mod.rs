@@ -60,7 +60,12 @@ impl TestEnvd {
     }
 
     /// Unary call with extra headers.
-    pub async fn unary_with(&self, method: &str, body: Value, headers: &[(&str, &str)]) -> (u16, Value) {
+    pub async fn unary_with(
+        &self,
+        method: &str,
+        body: Value,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
         let mut req = self
             .http
             .post(format!("{}/{method}", self.base))
@@ -90,7 +95,11 @@ impl TestEnvd {
         }
         let res = req.send().await.unwrap();
         assert_eq!(res.status().as_u16(), 200, "streaming calls answer 200");
-        Stream { res, buf: Vec::new(), ended: false }
+        Stream {
+            res,
+            buf: Vec::new(),
+            ended: false,
+        }
     }
 }
 
@@ -135,7 +144,11 @@ impl Stream {
                     let flags = self.buf[0];
                     let payload: Vec<u8> = self.buf.drain(..5 + len).skip(5).collect();
                     let v: Value = serde_json::from_slice(&payload).unwrap();
-                    return Some(if flags & 0x02 != 0 { Frame::End(v) } else { Frame::Msg(v) });
+                    return Some(if flags & 0x02 != 0 {
+                        Frame::End(v)
+                    } else {
+                        Frame::Msg(v)
+                    });
                 }
             }
             if self.ended {
