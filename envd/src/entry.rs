@@ -215,7 +215,7 @@ mod tests {
         let l = dir.path().join("link");
         std::os::unix::fs::symlink("real", &l).unwrap();
         let info = entry_info(&l, &Accounts::default()).unwrap();
-        assert_eq!(info.r#type, FileType::FILE_TYPE_DIRECTORY.into());
+        assert_eq!(info.r#type.as_known(), Some(FileType::FILE_TYPE_DIRECTORY));
         assert_eq!(
             info.symlink_target.as_deref(),
             Some(std::fs::canonicalize(&d).unwrap().to_str().unwrap())
