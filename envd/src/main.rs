@@ -11,25 +11,23 @@ fn main() -> anyhow::Result<()> {
     init_tracing(config.log_json);
     let is_init = std::process::id() == 1;
     if is_init {
-        envd::pid1::setup(&config).context("pid-1 setup")?;
+        if let Err(e) = envd::pid1::setup(&config) {
+            // Keep going: a sandbox with a broken mount or network still
+            // serves what it can, and the log says why.
+            eprintln!("envd: init setup: {:#}", anyhow::Error::from(e));
+        }
+        // PID 1 stays behind to reap and power off; the server continues here.
+        envd::pid1::fork_server().context("start the server process")?;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("tokio runtime")?;
-    let result = runtime.block_on(run(config, is_init));
-    if is_init {
-        envd::pid1::power_off();
-    }
-    result
+    runtime.block_on(run(config, is_init))
 }
 
-async fn run(mut config: EnvdConfig, is_init: bool) -> anyhow::Result<()> {
-    if is_init {
-        config.ensure_default_user = true;
-        tokio::spawn(envd::pid1::reap_orphans());
-    }
-    if config.ensure_default_user {
+async fn run(config: EnvdConfig, is_init: bool) -> anyhow::Result<()> {
+    if config.ensure_default_user && !is_init {
         envd::pid1::ensure_user(&config.default_user).context("create default user")?;
     }
     let addr = config.listen_addr();
@@ -38,15 +36,19 @@ async fn run(mut config: EnvdConfig, is_init: bool) -> anyhow::Result<()> {
         .with_context(|| format!("bind {addr}"))?;
     tracing::info!(%addr, version = envd::ENVD_VERSION, is_init, "envd listening");
     let app = envd::server::app(Arc::new(config), is_init);
-    envd::server::serve(listener, app, shutdown_signal()).await.context("serve")?;
+    envd::server::serve(listener, app, shutdown_signal())
+        .await
+        .context("serve")?;
     tracing::info!("envd stopped");
     Ok(())
 }
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         std::future::pending::<()>().await;
         return;
     };
@@ -59,7 +61,9 @@ async fn shutdown_signal() {
 fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {

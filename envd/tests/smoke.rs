@@ -75,3 +75,71 @@ async fn access_token_is_enforced_after_init() {
         .unwrap();
     assert_eq!(res.status().as_u16(), 204);
 }
+
+#[tokio::test]
+async fn malformed_envelope_is_an_error_and_server_keeps_serving() {
+    let e = common::TestEnvd::start().await;
+    // Declares 100 bytes, carries 3.
+    let mut body = vec![0u8, 0, 0, 0, 100];
+    body.extend_from_slice(b"{}}");
+    let res = e
+        .http
+        .post(format!("{}/process.Process/Start", e.base))
+        .header("content-type", "application/connect+json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let bytes = res.bytes().await.unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(
+        status >= 400 || text.contains("\"error\""),
+        "a truncated envelope must fail: {status} {text}"
+    );
+    assert!(!text.contains("\"start\""), "no process may start: {text}");
+    let res = e
+        .http
+        .get(format!("{}/health", e.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 204);
+}
+
+#[tokio::test]
+async fn oversized_message_is_refused() {
+    let e = common::TestEnvd::start().await;
+    let huge = "a".repeat(envd::rpc::MAX_MESSAGE_BYTES + 1024);
+    let (status, body) = e
+        .unary(
+            "filesystem.Filesystem/Stat",
+            serde_json::json!({ "path": huge }),
+        )
+        .await;
+    assert!(
+        status == 429 || status == 413 || status == 400,
+        "status {status}: {body}"
+    );
+    let res = e
+        .http
+        .get(format!("{}/health", e.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 204);
+}
+
+#[tokio::test]
+async fn unknown_content_type_is_rejected() {
+    let e = common::TestEnvd::start().await;
+    let res = e
+        .http
+        .post(format!("{}/process.Process/List", e.base))
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 415);
+}
