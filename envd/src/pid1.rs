@@ -289,6 +289,8 @@ mod net {
 
     fn sockaddr(addr: Ipv4Addr) -> libc::sockaddr {
         let sin = libc::sockaddr_in {
+            // AF_INET is 2: it fits sa_family_t.
+            #[allow(clippy::cast_possible_truncation)]
             sin_family: libc::AF_INET as libc::sa_family_t,
             sin_port: 0,
             sin_addr: libc::in_addr {
@@ -309,7 +311,7 @@ mod net {
             .iter_mut()
             .zip(iface.bytes().take(libc::IFNAMSIZ - 1))
         {
-            *dst = src as libc::c_char;
+            *dst = src.cast_signed();
         }
         req
     }
@@ -356,7 +358,10 @@ mod net {
         ioctl(&sock, libc::SIOCGIFFLAGS, (&raw mut req).cast()).map_err(err)?;
         // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
         let flags = unsafe { req.ifr_ifru.ifru_flags };
-        req.ifr_ifru.ifru_flags = flags | (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        // IFF_UP | IFF_RUNNING is 0x41: it fits the short flags field.
+        #[allow(clippy::cast_possible_truncation)]
+        let up = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        req.ifr_ifru.ifru_flags = flags | up;
         ioctl(&sock, libc::SIOCSIFFLAGS, (&raw mut req).cast()).map_err(err)?;
         if let Some(gw) = gateway {
             // SAFETY: rtentry is plain old data; all-zero is a valid value.

@@ -95,7 +95,7 @@ impl Accounts {
                 let gid: u32 = f[3].parse().ok()?;
                 let mut extra: Vec<u32> = groups
                     .iter()
-                    .filter(|(_, g, members)| *g != gid && members.iter().any(|m| *m == name))
+                    .filter(|(_, g, members)| *g != gid && members.contains(&name))
                     .map(|(_, g, _)| *g)
                     .collect();
                 extra.sort_unstable();

@@ -2,6 +2,7 @@
 //! pid/mount/uts/net namespaces (what a VM boot looks like to it), talk to
 //! it from inside its network namespace, and check that SIGTERM ends the
 //! "machine" (reboot(2) in a pid namespace ends its init). Needs root.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed assertion
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -1,5 +1,6 @@
 //! process.Process over a real loopback socket: event order, exit status
 //! wording, stdin, reattach, signals, deadlines, PTYs and client streaming.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed assertion
 mod common;
 
 use base64::Engine as _;

@@ -1,4 +1,5 @@
 //! The server answers health and maps unknown RPCs to Connect errors.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed assertion
 mod common;
 
 #[tokio::test]

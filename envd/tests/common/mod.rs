@@ -2,6 +2,7 @@
 //! a real loopback socket, and a minimal Connect-JSON client (unary and
 //! server-streaming) built on reqwest, so tests see exactly the bytes an SDK
 //! would.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed assertion
 #![allow(dead_code)]
 
 use std::sync::Arc;
