@@ -1,0 +1,1 @@
+//! `lelantos doctor` (to be written).

@@ -1,0 +1,12 @@
+//! The Lelantos appliance daemon.
+//!
+//! Owners (see STYLE.md §1): `vmm` runs VMs behind one [`vmm::VmBackend`]
+//! trait (QEMU microvm, Cloud Hypervisor); `net` gives each VM an isolated
+//! network namespace with a tap device; `doctor` reports what this host can
+//! run. The E2B control plane (api, proxy, sandboxes, store) builds on these.
+
+#![warn(missing_docs)]
+
+pub mod doctor;
+pub mod net;
+pub mod vmm;

@@ -1,0 +1,5 @@
+//! The `lelantos` binary (wiring only).
+
+fn main() -> anyhow::Result<()> {
+    Ok(())
+}

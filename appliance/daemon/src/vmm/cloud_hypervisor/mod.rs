@@ -1,0 +1,1 @@
+//! Cloud Hypervisor driver (to be written).
