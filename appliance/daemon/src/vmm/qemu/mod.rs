@@ -223,8 +223,11 @@ impl Qemu {
         })
     }
 
-    fn cmdline(spec: &VmSpec, net: &VmNetwork) -> String {
+    fn cmdline(&self, spec: &VmSpec, net: &VmNetwork) -> String {
         let mut parts: Vec<String> = vec!["console=ttyS0".into(), "quiet".into(), "panic=-1".into(), "nokaslr".into()];
+        if self.config.accel == Accel::Tcg {
+            parts.extend(tcg_clock_args());
+        }
         parts.extend(net.guest_cmdline());
         parts.push(format!("envd.hostname={}", spec.sandbox_id));
         parts.extend(spec.extra_cmdline.iter().cloned());
@@ -346,7 +349,7 @@ impl VmBackend for Qemu {
             memory_mib: spec.memory.get(),
             kernel: spec.kernel.clone(),
             initramfs: spec.initramfs.clone(),
-            cmdline: Self::cmdline(spec, &net),
+            cmdline: self.cmdline(spec, &net),
         };
         match self.launch(id, spec.sandbox_id.as_str(), dir.clone(), net.clone(), meta, None).await {
             Ok(vm) => Ok(vm),
@@ -500,6 +503,27 @@ impl VmBackend for Qemu {
             disk_write_bytes,
             accelerator: vm.accel.as_str().to_owned(),
         })
+    }
+}
+
+/// Under TCG on a loaded host the guest's PIT-based TSC calibration can
+/// fail ("Unable to calibrate against PIT"; microvm has no HPET or PM timer
+/// to fall back on) and boot then stalls. The emulated TSC runs at the
+/// host's rate, so hand the guest that rate and skip the calibrations.
+fn tcg_clock_args() -> Vec<String> {
+    let khz = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| {
+        c.lines()
+            .find_map(|l| l.strip_prefix("cpu MHz"))
+            .and_then(|v| v.trim_start_matches([' ', '\t', ':']).trim().parse::<f64>().ok())
+    });
+    match khz {
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        Some(mhz) if mhz > 0.0 => {
+            let khz = (mhz * 1000.0) as u64;
+            // loops per jiffy at Debian's HZ=250, from the same clock.
+            vec![format!("tsc_early_khz={khz}"), format!("lpj={}", khz * 1000 / 250)]
+        }
+        _ => vec!["lpj=10000000".to_owned()],
     }
 }
 
