@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::vmm::cloud_hypervisor::availability::KvmStatus;
 use crate::vmm::qemu::{self, probe};
 
 /// One line of the report.
@@ -85,14 +86,26 @@ pub async fn run(kernel: Option<&Path>) -> Report {
 /// Cloud Hypervisor needs its binary and a KVM that runs guests; even then
 /// the driver has only been checked against the published API schema here.
 async fn cloud_hypervisor_check() -> Check {
-    const UNVERIFIED: &str = "driver unverified until run on a KVM host (its requests are checked against Cloud Hypervisor's API schema only)";
-    match qemu::which("cloud-hypervisor") {
-        None => check("cloud-hypervisor", false, format!("not installed; {UNVERIFIED}")),
-        Some(bin) => {
-            let v = version(&bin).await;
-            check("cloud-hypervisor", true, format!("{} found ({v}); {UNVERIFIED}", bin.display()))
-        }
-    }
+    let a = crate::vmm::cloud_hypervisor::availability(None);
+    let kvm = match &a.kvm {
+        KvmStatus::Opens => "/dev/kvm opens".to_owned(),
+        KvmStatus::NoAccess(why) => format!("/dev/kvm unusable: {why}"),
+        KvmStatus::Missing => "no /dev/kvm".to_owned(),
+    };
+    let binary = match &a.binary {
+        Some(bin) => format!("{} ({})", a.binary_detail, version(bin).await),
+        None => format!("not installed ({})", a.binary_detail),
+    };
+    check(
+        "cloud-hypervisor",
+        a.can_run(),
+        format!(
+            "{binary}; {kvm}; restore mode {:?} ({}); {} — its requests are checked against Cloud Hypervisor's API schema only",
+            a.restore_mode(),
+            a.userfaultfd.detail,
+            a.note
+        ),
+    )
 }
 
 /// Human-readable form.
