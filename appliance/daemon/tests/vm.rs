@@ -178,3 +178,84 @@ async fn a_new_driver_adopts_running_vms_and_cleans_dead_ones() {
     assert!(cleaned >= 1);
     assert!(!lelantos::net::VmNetwork::exists(&netns));
 }
+
+/// A stand-in for "the outside world": a namespace of our own with a web
+/// server, linked to the host namespace (all traffic stays on this machine).
+struct Outside {
+    netns: String,
+    host_if: String,
+    server: std::process::Child,
+}
+
+impl Outside {
+    fn start() -> Self {
+        let id = lelantos_core::LifecycleId::generate();
+        let netns = format!("ltest-{}", &id.as_str()[..6]);
+        let host_if = format!("lto-{}", &id.as_str()[..6]);
+        let sh = |args: &[&str]| {
+            let ok = std::process::Command::new(args[0]).args(&args[1..]).status().unwrap().success();
+            assert!(ok, "{args:?}");
+        };
+        sh(&["ip", "netns", "add", &netns]);
+        sh(&["ip", "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &netns]);
+        sh(&["ip", "addr", "add", "10.202.0.1/30", "dev", &host_if]);
+        sh(&["ip", "link", "set", &host_if, "up"]);
+        sh(&["ip", "-n", &netns, "addr", "add", "10.202.0.2/30", "dev", "eth0"]);
+        sh(&["ip", "-n", &netns, "link", "set", "eth0", "up"]);
+        sh(&["ip", "-n", &netns, "link", "set", "lo", "up"]);
+        let server = std::process::Command::new("ip")
+            .args(["netns", "exec", &netns, "python3", "-m", "http.server", "8080", "--bind", "10.202.0.2"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        Self { netns, host_if, server }
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        let _ = std::process::Command::new("ip").args(["link", "delete", &self.host_if]).status();
+        let _ = std::process::Command::new("ip").args(["netns", "delete", &self.netns]).status();
+    }
+}
+
+#[tokio::test]
+#[ignore = "boots real VMs: run by tests/run with images built"]
+async fn egress_switch_reaches_the_outside_only_when_on_and_never_the_host() {
+    let lab = common::Lab::new().await;
+    let _outside = Outside::start();
+    let host = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let host_port = host.local_addr().unwrap().port();
+
+    let mut spec = lab.spec();
+    spec.network.egress = true;
+    let mut vm = lab.driver.create(&spec).await.unwrap();
+    lab.driver.boot(&mut vm).await.unwrap();
+    let on = common::Guarded::new(vm);
+    on.wait_envd(Duration::from_secs(120)).await;
+    let off = lab.boot().await;
+
+    let curl = "curl -s -o /dev/null -w '%{http_code}' --max-time 5 http://10.202.0.2:8080/; echo";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, out) = on.run(curl).await;
+        if out.trim() == "200" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "egress-on VM never reached the outside server: {out}");
+    }
+    let (_, out) = off.run(curl).await;
+    assert_ne!(out.trim(), "200", "egress-off VM reached the outside");
+    // Even with egress on, the host's own listeners stay out of reach.
+    let (_, out) = on
+        .run(&format!(
+            "for t in 10.201.0.1 10.202.0.1; do curl -s -o /dev/null --max-time 3 http://$t:{host_port}/ && echo reached $t; done; echo done"
+        ))
+        .await;
+    assert_eq!(out.trim(), "done", "egress VM reached the host: {out}");
+    on.shutdown(&lab.driver).await;
+    off.shutdown(&lab.driver).await;
+}
