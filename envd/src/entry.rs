@@ -22,7 +22,11 @@ pub fn entry_info(path: &Path, accounts: &Accounts) -> std::io::Result<EntryInfo
     let is_link = meta.file_type().is_symlink();
     // For a symlink, type and mode come from the target; a dangling link has
     // neither (type UNSPECIFIED, which the SDK's list() drops).
-    let target_meta = if is_link { std::fs::metadata(path).ok() } else { Some(meta.clone()) };
+    let target_meta = if is_link {
+        std::fs::metadata(path).ok()
+    } else {
+        Some(meta.clone())
+    };
     let file_type = match &target_meta {
         Some(m) if m.is_dir() => FileType::FILE_TYPE_DIRECTORY,
         Some(m) if m.is_file() => FileType::FILE_TYPE_FILE,
@@ -112,7 +116,9 @@ pub fn go_file_mode(meta: &std::fs::Metadata) -> String {
 /// The `user.e2b.*` extended attributes of `path` (prefix stripped).
 pub fn read_metadata(path: &Path) -> HashMap<String, String> {
     let mut out = HashMap::new();
-    let Ok(names) = xattr_list(path) else { return out };
+    let Ok(names) = xattr_list(path) else {
+        return out;
+    };
     for name in names {
         if let Some(key) = name.strip_prefix(METADATA_XATTR_PREFIX)
             && let Ok(value) = xattr_get(path, &name)
@@ -151,7 +157,8 @@ fn xattr_get(path: &Path, name: &str) -> std::io::Result<Vec<u8>> {
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
     let mut buf = vec![0u8; 4096];
     // SAFETY: both strings are NUL-terminated; `buf` is writable for its full length.
-    let len = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    let len =
+        unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     if len < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -197,14 +204,23 @@ mod tests {
         let f = dir.path().join("f");
         std::fs::write(&f, "x").unwrap();
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert_eq!(go_file_mode(&std::fs::symlink_metadata(&f).unwrap()), "-rw-r--r--");
+        assert_eq!(
+            go_file_mode(&std::fs::symlink_metadata(&f).unwrap()),
+            "-rw-r--r--"
+        );
         let d = dir.path().join("d");
         std::fs::create_dir(&d).unwrap();
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o1777)).unwrap();
-        assert_eq!(go_file_mode(&std::fs::symlink_metadata(&d).unwrap()), "dtrwxrwxrwx");
+        assert_eq!(
+            go_file_mode(&std::fs::symlink_metadata(&d).unwrap()),
+            "dtrwxrwxrwx"
+        );
         let l = dir.path().join("l");
         std::os::unix::fs::symlink(&f, &l).unwrap();
-        assert_eq!(go_file_mode(&std::fs::symlink_metadata(&l).unwrap()), "Lrwxrwxrwx");
+        assert_eq!(
+            go_file_mode(&std::fs::symlink_metadata(&l).unwrap()),
+            "Lrwxrwxrwx"
+        );
     }
 
     #[test]

@@ -32,7 +32,9 @@ pub fn keepalive_interval(ctx: &RequestContext) -> Duration {
 pub fn basic_auth_user(headers: &http::HeaderMap) -> Option<String> {
     use base64::Engine as _;
     let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    let encoded = value.strip_prefix("Basic ").or_else(|| value.strip_prefix("basic "))?;
+    let encoded = value
+        .strip_prefix("Basic ")
+        .or_else(|| value.strip_prefix("basic "))?;
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(encoded.trim())
         .ok()?;
@@ -99,11 +101,21 @@ mod tests {
             .header("connect-timeout-ms", "0")
             .body(())
             .unwrap();
-        assert!(strip_zero_timeout(r).headers().get("connect-timeout-ms").is_none());
+        assert!(
+            strip_zero_timeout(r)
+                .headers()
+                .get("connect-timeout-ms")
+                .is_none()
+        );
         let r = http::Request::builder()
             .header("connect-timeout-ms", "5000")
             .body(())
             .unwrap();
-        assert!(strip_zero_timeout(r).headers().get("connect-timeout-ms").is_some());
+        assert!(
+            strip_zero_timeout(r)
+                .headers()
+                .get("connect-timeout-ms")
+                .is_some()
+        );
     }
 }

@@ -43,7 +43,10 @@ pub fn app_with(config: Arc<EnvdConfig>, sandbox: Sandbox, is_init: bool) -> axu
         .route("/init", post(http::init))
         .route("/envs", get(http::envs))
         .route("/metrics", get(http::metrics::get))
-        .route("/files", get(http::files::download).post(http::files::upload))
+        .route(
+            "/files",
+            get(http::files::download).post(http::files::upload),
+        )
         .fallback_service(rpc)
         .layer(axum::middleware::from_fn_with_state(
             sandbox,
@@ -67,5 +70,7 @@ pub async fn serve(
     app: axum::Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }

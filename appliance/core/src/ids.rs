@@ -16,13 +16,18 @@ pub struct IdError {
 }
 
 fn valid(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 fn random(len: usize) -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
-    (0..len).map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())])).collect()
+    (0..len)
+        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
+        .collect()
 }
 
 macro_rules! id_type {
@@ -47,7 +52,11 @@ macro_rules! id_type {
         impl TryFrom<String> for $name {
             type Error = IdError;
             fn try_from(value: String) -> Result<Self, IdError> {
-                if valid(&value) { Ok(Self(value)) } else { Err(IdError { kind: $kind, value }) }
+                if valid(&value) {
+                    Ok(Self(value))
+                } else {
+                    Err(IdError { kind: $kind, value })
+                }
             }
         }
 

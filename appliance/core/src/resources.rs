@@ -15,7 +15,9 @@ pub struct RangeError {
 macro_rules! ranged {
     ($name:ident, $what:literal, $min:literal, $max:literal) => {
         #[doc = concat!("Number of ", $what, ", ", stringify!($min), " to ", stringify!($max), ".")]
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[derive(
+            Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+        )]
         #[serde(try_from = "i64", into = "u32")]
         pub struct $name(u32);
 
@@ -36,7 +38,12 @@ macro_rules! ranged {
             fn try_from(v: i64) -> Result<Self, RangeError> {
                 match u32::try_from(v) {
                     Ok(x) if (Self::MIN..=Self::MAX).contains(&x) => Ok(Self(x)),
-                    _ => Err(RangeError { what: $what, min: $min, max: $max, got: v }),
+                    _ => Err(RangeError {
+                        what: $what,
+                        min: $min,
+                        max: $max,
+                        got: v,
+                    }),
                 }
             }
         }

@@ -18,7 +18,10 @@ async fn envd_ready(net: &VmNetwork, within: Duration) -> Duration {
     loop {
         if let Ok(mut s) = net.connect(49983, Duration::from_millis(500)).await {
             use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-            if s.write_all(b"GET /health HTTP/1.1\r\nhost: envd\r\nconnection: close\r\n\r\n").await.is_ok() {
+            if s.write_all(b"GET /health HTTP/1.1\r\nhost: envd\r\nconnection: close\r\n\r\n")
+                .await
+                .is_ok()
+            {
                 let mut buf = [0u8; 64];
                 if let Ok(n) = s.read(&mut buf).await
                     && buf[..n].starts_with(b"HTTP/1.1 204")
@@ -38,7 +41,10 @@ fn overhead_beyond_guest_ram(pid: u32, guest_mib: u64) -> (u64, u64) {
     let (mut total, mut ram) = (0u64, 0u64);
     let mut size_kb = 0u64;
     for line in smaps.lines() {
-        let field = |p: &str| line.strip_prefix(p).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+        let field = |p: &str| {
+            line.strip_prefix(p)
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        };
         if let Some(s) = field("Size:") {
             size_kb = s;
         } else if let Some(r) = field("Rss:") {
@@ -53,7 +59,11 @@ fn overhead_beyond_guest_ram(pid: u32, guest_mib: u64) -> (u64, u64) {
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(f64::total_cmp);
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
     let i = ((v.len() as f64 - 1.0) * p).round() as usize;
     v[i]
 }
@@ -68,7 +78,12 @@ async fn main() {
     let qemu = Qemu::find_binary().expect("qemu-system-x86_64");
     let p = probe::probe(&qemu, &dir.join(&m.kernel.file), Duration::from_secs(8)).await;
     let root = tempfile::tempdir().unwrap();
-    let driver = Qemu::new(QemuConfig { binary: qemu, vm_root: root.path().join("vms"), accel: p.accel }).unwrap();
+    let driver = Qemu::new(QemuConfig {
+        binary: qemu,
+        vm_root: root.path().join("vms"),
+        accel: p.accel,
+    })
+    .unwrap();
     let memory = 256u32;
     let spec = || VmSpec {
         sandbox_id: SandboxId::generate(),
@@ -78,7 +93,11 @@ async fn main() {
         kernel: dir.join(&m.kernel.file),
         initramfs: Some(dir.join(&m.initramfs.file)),
         rootfs: dir.join(&m.rootfs.file),
-        extra_cmdline: m.kernel_cmdline.split_whitespace().map(str::to_owned).collect(),
+        extra_cmdline: m
+            .kernel_cmdline
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect(),
         network: NetworkSpec::default(),
     };
 
@@ -106,16 +125,38 @@ async fn main() {
         envd_ready(&restored.net, Duration::from_secs(60)).await;
         restore.push(t.elapsed().as_secs_f64() * 1000.0);
         driver.shutdown(&mut restored).await.unwrap();
-        eprintln!("run {}/{runs}: cold {:.0} ms, restore {:.0} ms", i + 1, cold[i], restore[i]);
+        eprintln!(
+            "run {}/{runs}: cold {:.0} ms, restore {:.0} ms",
+            i + 1,
+            cold[i],
+            restore[i]
+        );
     }
     let (c50, r50) = (pct(&mut cold.clone(), 0.5), pct(&mut restore.clone(), 0.5));
-    println!("VM layer benchmark (QEMU microvm, accel={}, 1 vCPU, {memory} MiB, {runs} runs)", p.accel.as_str());
+    println!(
+        "VM layer benchmark (QEMU microvm, accel={}, 1 vCPU, {memory} MiB, {runs} runs)",
+        p.accel.as_str()
+    );
     println!("| metric | p50 | p99 / max |");
     println!("|---|---|---|");
-    println!("| cold boot → envd ready (ms) | {c50:.0} | {:.0} |", pct(&mut cold, 0.99));
-    println!("| restore from snapshot → envd ready (ms) | {r50:.0} | {:.0} |", pct(&mut restore, 0.99));
+    println!(
+        "| cold boot → envd ready (ms) | {c50:.0} | {:.0} |",
+        pct(&mut cold, 0.99)
+    );
+    println!(
+        "| restore from snapshot → envd ready (ms) | {r50:.0} | {:.0} |",
+        pct(&mut restore, 0.99)
+    );
     println!("| cold / restore ratio | {:.1}x | |", c50 / r50);
-    println!("| VMM RSS, idle VM (MiB) | {:.1} | {:.1} |", pct(&mut rss.clone(), 0.5), pct(&mut rss, 0.99));
-    println!("| VMM RSS beyond guest RAM (MiB) | {:.1} | {:.1} |", pct(&mut overhead.clone(), 0.5), pct(&mut overhead, 0.99));
+    println!(
+        "| VMM RSS, idle VM (MiB) | {:.1} | {:.1} |",
+        pct(&mut rss.clone(), 0.5),
+        pct(&mut rss, 0.99)
+    );
+    println!(
+        "| VMM RSS beyond guest RAM (MiB) | {:.1} | {:.1} |",
+        pct(&mut overhead.clone(), 0.5),
+        pct(&mut overhead, 0.99)
+    );
     println!("accelerator choice: {}", p.reason);
 }

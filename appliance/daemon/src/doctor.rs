@@ -32,12 +32,25 @@ pub struct Report {
 }
 
 fn check(name: &str, ok: bool, detail: impl Into<String>) -> Check {
-    Check { name: name.to_owned(), ok, detail: detail.into() }
+    Check {
+        name: name.to_owned(),
+        ok,
+        detail: detail.into(),
+    }
 }
 
 async fn version(bin: &Path) -> String {
-    match tokio::process::Command::new(bin).arg("--version").output().await {
-        Ok(out) => String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or_default().trim().to_owned(),
+    match tokio::process::Command::new(bin)
+        .arg("--version")
+        .output()
+        .await
+    {
+        Ok(out) => String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
         Err(e) => format!("cannot run: {e}"),
     }
 }
@@ -69,16 +82,35 @@ pub async fn run(kernel: Option<&Path>) -> Report {
     drivers.push(cloud_hypervisor_check().await);
 
     let mut host = Vec::new();
-    let kvm = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm");
-    host.push(check("/dev/kvm", kvm.is_ok(), match &kvm {
-        Ok(_) => "opens (whether it can run a guest is what the probe boot decides)".to_owned(),
-        Err(e) => e.to_string(),
-    }));
+    let kvm = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm");
+    host.push(check(
+        "/dev/kvm",
+        kvm.is_ok(),
+        match &kvm {
+            Ok(_) => "opens (whether it can run a guest is what the probe boot decides)".to_owned(),
+            Err(e) => e.to_string(),
+        },
+    ));
     let tun = Path::new("/dev/net/tun").exists();
-    host.push(check("/dev/net/tun", tun, if tun { "present" } else { "missing: no tap devices" }));
+    host.push(check(
+        "/dev/net/tun",
+        tun,
+        if tun {
+            "present"
+        } else {
+            "missing: no tap devices"
+        },
+    ));
     for tool in ["ip", "qemu-img", "nft"] {
         let found: Option<PathBuf> = qemu::which(tool);
-        host.push(check(tool, found.is_some(), found.map_or_else(|| "not installed".to_owned(), |p| p.display().to_string())));
+        host.push(check(
+            tool,
+            found.is_some(),
+            found.map_or_else(|| "not installed".to_owned(), |p| p.display().to_string()),
+        ));
     }
     Report { drivers, host }
 }
@@ -112,11 +144,21 @@ async fn cloud_hypervisor_check() -> Check {
 pub fn render(report: &Report) -> String {
     let mut out = String::from("VM drivers:\n");
     for c in &report.drivers {
-        out.push_str(&format!("  {:<18} {}  {}\n", c.name, if c.ok { "yes" } else { "no " }, c.detail));
+        out.push_str(&format!(
+            "  {:<18} {}  {}\n",
+            c.name,
+            if c.ok { "yes" } else { "no " },
+            c.detail
+        ));
     }
     out.push_str("Host:\n");
     for c in &report.host {
-        out.push_str(&format!("  {:<18} {}  {}\n", c.name, if c.ok { "yes" } else { "no " }, c.detail));
+        out.push_str(&format!(
+            "  {:<18} {}  {}\n",
+            c.name,
+            if c.ok { "yes" } else { "no " },
+            c.detail
+        ));
     }
     out
 }

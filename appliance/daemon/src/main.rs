@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "lelantos", version, about = "Self-hosted E2B-compatible microVM sandbox appliance")]
+#[command(
+    name = "lelantos",
+    version,
+    about = "Self-hosted E2B-compatible microVM sandbox appliance"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -17,7 +17,9 @@ async fn boots_base_and_runs_a_command_through_envd() {
     let started = Instant::now();
     let vm = lab.boot().await;
     eprintln!("boot to envd healthy: {:?}", started.elapsed());
-    let (code, out) = vm.run("echo hello; whoami; id -u; python --version; test -x /usr/bin/tput && echo tput").await;
+    let (code, out) = vm
+        .run("echo hello; whoami; id -u; python --version; test -x /usr/bin/tput && echo tput")
+        .await;
     assert_eq!(code, 0);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "hello");
@@ -37,7 +39,8 @@ async fn two_vms_cannot_reach_each_other_or_the_host() {
     let a = lab.boot().await;
     let b = lab.boot().await;
     // B serves on 8000; the host reaches it through B's namespace.
-    b.start_detached("cd /tmp && exec python3 -m http.server 8000").await;
+    b.start_detached("cd /tmp && exec python3 -m http.server 8000")
+        .await;
     let deadline = Instant::now() + Duration::from_secs(60);
     while b.net().connect(8000, Duration::from_secs(1)).await.is_err() {
         assert!(Instant::now() < deadline, "B's server never came up");
@@ -61,7 +64,8 @@ async fn two_vms_cannot_reach_each_other_or_the_host() {
 async fn pause_freezes_the_guest_and_resume_continues() {
     let lab = common::Lab::new().await;
     let mut vm = lab.boot().await;
-    vm.start_detached("i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done").await;
+    vm.start_detached("i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done")
+        .await;
     let read = |out: String| out.trim().parse::<u64>().unwrap_or(0);
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut before = 0;
@@ -75,15 +79,23 @@ async fn pause_freezes_the_guest_and_resume_continues() {
     let paused_at = Instant::now();
     while paused_at.elapsed() < Duration::from_secs(3) {
         let t = Instant::now();
-        let res = vm.http("GET", "/health", None, &[], Duration::from_secs(1)).await;
+        let res = vm
+            .http("GET", "/health", None, &[], Duration::from_secs(1))
+            .await;
         assert!(res.is_err(), "paused guest answered: {res:?}");
         // Not refused at once: the guest is there but does not run.
-        assert!(t.elapsed() >= Duration::from_millis(900), "failed fast: {res:?}");
+        assert!(
+            t.elapsed() >= Duration::from_millis(900),
+            "failed fast: {res:?}"
+        );
     }
     lab.driver.resume(vm.vm()).await.unwrap();
     let after = read(vm.run("cat /tmp/counter").await.1);
     // 3 s paused at 10 ticks/s would be ~30 ticks if the guest had run on.
-    assert!(after - before < 15, "counter advanced while paused: {before} -> {after}");
+    assert!(
+        after - before < 15,
+        "counter advanced while paused: {before} -> {after}"
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let now = read(vm.run("cat /tmp/counter").await.1);
@@ -100,7 +112,9 @@ async fn pause_freezes_the_guest_and_resume_continues() {
 async fn snapshot_restores_files_and_processes_into_a_new_vm() {
     let lab = common::Lab::new().await;
     let mut vm = lab.boot().await;
-    let (code, _) = vm.run("echo kept-across-restore > /home/user/state.txt && sync").await;
+    let (code, _) = vm
+        .run("echo kept-across-restore > /home/user/state.txt && sync")
+        .await;
     assert_eq!(code, 0);
     let pid = vm.start_detached("exec sleep 100000").await;
     assert!(vm.list().await.contains(&pid));
@@ -120,7 +134,10 @@ async fn snapshot_restores_files_and_processes_into_a_new_vm() {
     eprintln!("restore to envd healthy: {:?}", t.elapsed());
     let (_, out) = restored.run("cat /home/user/state.txt").await;
     assert_eq!(out, "kept-across-restore\n");
-    assert!(restored.list().await.contains(&pid), "background process survived the restore");
+    assert!(
+        restored.list().await.contains(&pid),
+        "background process survived the restore"
+    );
     let (code, _) = restored.run(&format!("kill -0 {pid}")).await;
     assert_eq!(code, 0);
     restored.shutdown(&lab.driver).await;
@@ -139,8 +156,14 @@ async fn shutdown_removes_process_namespace_and_disk() {
     let mut inner = vm.vm.take().unwrap();
     lab.driver.shutdown(&mut inner).await.unwrap();
     assert_eq!(inner.state, VmState::Stopped);
-    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "qemu process gone");
-    assert!(!lelantos::net::VmNetwork::exists(&netns), "namespace (and its tap) gone");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "qemu process gone"
+    );
+    assert!(
+        !lelantos::net::VmNetwork::exists(&netns),
+        "namespace (and its tap) gone"
+    );
     assert!(!dir.exists(), "vm directory and disk gone");
     // Shutting down twice is allowed and does nothing.
     lab.driver.shutdown(&mut inner).await.unwrap();
@@ -168,7 +191,9 @@ async fn a_new_driver_adopts_running_vms_and_cleans_dead_ones() {
     drop(dead);
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::path::Path::new(&format!("/proc/{pid}/cmdline")).exists()
-        && !std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default().is_empty()
+        && !std::fs::read(format!("/proc/{pid}/cmdline"))
+            .unwrap_or_default()
+            .is_empty()
     {
         assert!(Instant::now() < deadline, "qemu did not die");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -193,23 +218,52 @@ impl Outside {
         let netns = format!("ltest-{}", &id.as_str()[..6]);
         let host_if = format!("lto-{}", &id.as_str()[..6]);
         let sh = |args: &[&str]| {
-            let ok = std::process::Command::new(args[0]).args(&args[1..]).status().unwrap().success();
+            let ok = std::process::Command::new(args[0])
+                .args(&args[1..])
+                .status()
+                .unwrap()
+                .success();
             assert!(ok, "{args:?}");
         };
         sh(&["ip", "netns", "add", &netns]);
-        sh(&["ip", "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &netns]);
+        sh(&[
+            "ip", "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &netns,
+        ]);
         sh(&["ip", "addr", "add", "10.202.0.1/30", "dev", &host_if]);
         sh(&["ip", "link", "set", &host_if, "up"]);
-        sh(&["ip", "-n", &netns, "addr", "add", "10.202.0.2/30", "dev", "eth0"]);
+        sh(&[
+            "ip",
+            "-n",
+            &netns,
+            "addr",
+            "add",
+            "10.202.0.2/30",
+            "dev",
+            "eth0",
+        ]);
         sh(&["ip", "-n", &netns, "link", "set", "eth0", "up"]);
         sh(&["ip", "-n", &netns, "link", "set", "lo", "up"]);
         let server = std::process::Command::new("ip")
-            .args(["netns", "exec", &netns, "python3", "-m", "http.server", "8080", "--bind", "10.202.0.2"])
+            .args([
+                "netns",
+                "exec",
+                &netns,
+                "python3",
+                "-m",
+                "http.server",
+                "8080",
+                "--bind",
+                "10.202.0.2",
+            ])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        Self { netns, host_if, server }
+        Self {
+            netns,
+            host_if,
+            server,
+        }
     }
 }
 
@@ -217,8 +271,12 @@ impl Drop for Outside {
     fn drop(&mut self) {
         let _ = self.server.kill();
         let _ = self.server.wait();
-        let _ = std::process::Command::new("ip").args(["link", "delete", &self.host_if]).status();
-        let _ = std::process::Command::new("ip").args(["netns", "delete", &self.netns]).status();
+        let _ = std::process::Command::new("ip")
+            .args(["link", "delete", &self.host_if])
+            .status();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "delete", &self.netns])
+            .status();
     }
 }
 
@@ -245,7 +303,10 @@ async fn egress_switch_reaches_the_outside_only_when_on_and_never_the_host() {
         if out.trim() == "200" {
             break;
         }
-        assert!(Instant::now() < deadline, "egress-on VM never reached the outside server: {out}");
+        assert!(
+            Instant::now() < deadline,
+            "egress-on VM never reached the outside server: {out}"
+        );
     }
     let (_, out) = off.run(curl).await;
     assert_ne!(out.trim(), "200", "egress-off VM reached the outside");

@@ -43,7 +43,9 @@ pub struct CpuSampler {
 impl CpuSampler {
     /// Busy percentage since the previous call (or since boot on the first).
     pub fn sample(&self) -> f64 {
-        let Some((busy, total)) = read_cpu_totals() else { return 0.0 };
+        let Some((busy, total)) = read_cpu_totals() else {
+            return 0.0;
+        };
         let mut last = match self.last.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -62,7 +64,11 @@ impl CpuSampler {
 fn read_cpu_totals() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let line = stat.lines().next()?;
-    let vals: Vec<u64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let vals: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
     let total: u64 = vals.iter().sum();
     // idle + iowait are the not-busy columns.
     let idle = vals.get(3).copied().unwrap_or(0) + vals.get(4).copied().unwrap_or(0);
@@ -74,7 +80,13 @@ fn meminfo() -> (u64, u64, u64) {
     let field = |name: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(name))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
             .unwrap_or(0)
             * 1024
     };

@@ -77,7 +77,9 @@ pub async fn init(State(state): State<AppState>, body: axum::body::Bytes) -> Res
     } else {
         match serde_json::from_slice(&body) {
             Ok(r) => r,
-            Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("invalid init body: {e}")),
+            Err(e) => {
+                return json_error(StatusCode::BAD_REQUEST, format!("invalid init body: {e}"));
+            }
         }
     };
     if let Some(user) = &req.default_user
@@ -107,7 +109,8 @@ pub async fn init(State(state): State<AppState>, body: axum::body::Bytes) -> Res
 
 /// Sets the guest clock from the host's, when it is off by more than 50 ms.
 fn set_clock(rfc3339: &str) {
-    let Ok(t) = time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+    let Ok(t) =
+        time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
     else {
         tracing::warn!(timestamp = rfc3339, "init: unparseable timestamp");
         return;

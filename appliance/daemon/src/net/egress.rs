@@ -54,13 +54,23 @@ async fn used_slots() -> Result<Vec<u32>, Error> {
     Ok(out
         .lines()
         .filter_map(|l| l.split(':').nth(1))
-        .filter_map(|name| name.trim().split('@').next()?.strip_prefix(HOST_PREFIX)?.parse().ok())
+        .filter_map(|name| {
+            name.trim()
+                .split('@')
+                .next()?
+                .strip_prefix(HOST_PREFIX)?
+                .parse()
+                .ok()
+        })
         .collect())
 }
 
 async fn ensure_host_rules() -> Result<(), Error> {
     run("sysctl", &["-q", "-w", "net.ipv4.ip_forward=1"]).await?;
-    if run("nft", &["list", "table", "ip", "lelantos"]).await.is_err() {
+    if run("nft", &["list", "table", "ip", "lelantos"])
+        .await
+        .is_err()
+    {
         nft_script(None, HOST_RULES).await?;
     }
     Ok(())
@@ -85,16 +95,31 @@ async fn nft_script(netns: Option<&str>, script: &str) -> Result<(), Error> {
         .stdin(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .map_err(|source| Error::Spawn { command: command.clone(), source })?;
+        .map_err(|source| Error::Spawn {
+            command: command.clone(),
+            source,
+        })?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
             .write_all(script.as_bytes())
             .await
-            .map_err(|source| Error::Spawn { command: command.clone(), source })?;
+            .map_err(|source| Error::Spawn {
+                command: command.clone(),
+                source,
+            })?;
     }
-    let out = child.wait_with_output().await.map_err(|source| Error::Spawn { command: command.clone(), source })?;
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|source| Error::Spawn {
+            command: command.clone(),
+            source,
+        })?;
     if !out.status.success() {
-        return Err(Error::Command { command, stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned() });
+        return Err(Error::Command {
+            command,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
     }
     Ok(())
 }
@@ -103,24 +128,75 @@ async fn nft_script(netns: Option<&str>, script: &str) -> Result<(), Error> {
 pub async fn enable(net: &VmNetwork) -> Result<(), Error> {
     ensure_host_rules().await?;
     let ns = net.netns.as_str();
-    if run("ip", &["-n", ns, "link", "show", NS_VETH]).await.is_ok() {
+    if run("ip", &["-n", ns, "link", "show", NS_VETH])
+        .await
+        .is_ok()
+    {
         return Ok(()); // already enabled (adoption)
     }
     let _guard = ALLOC.lock().await;
     let used = used_slots().await?;
-    let slot = (0..SLOTS).find(|n| !used.contains(n)).ok_or_else(|| Error::Command {
-        command: "allocate egress link".to_owned(),
-        stderr: "all egress links are in use".to_owned(),
-    })?;
+    let slot = (0..SLOTS)
+        .find(|n| !used.contains(n))
+        .ok_or_else(|| Error::Command {
+            command: "allocate egress link".to_owned(),
+            stderr: "all egress links are in use".to_owned(),
+        })?;
     let host_if = format!("{HOST_PREFIX}{slot}");
     let (host_ip, ns_ip) = slot_addrs(slot);
-    run("ip", &["link", "add", &host_if, "type", "veth", "peer", "name", NS_VETH, "netns", ns]).await?;
-    run("ip", &["addr", "add", &format!("{host_ip}/30"), "dev", &host_if]).await?;
+    run(
+        "ip",
+        &[
+            "link", "add", &host_if, "type", "veth", "peer", "name", NS_VETH, "netns", ns,
+        ],
+    )
+    .await?;
+    run(
+        "ip",
+        &["addr", "add", &format!("{host_ip}/30"), "dev", &host_if],
+    )
+    .await?;
     run("ip", &["link", "set", &host_if, "up"]).await?;
-    run("ip", &["-n", ns, "addr", "add", &format!("{ns_ip}/30"), "dev", NS_VETH]).await?;
+    run(
+        "ip",
+        &[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{ns_ip}/30"),
+            "dev",
+            NS_VETH,
+        ],
+    )
+    .await?;
     run("ip", &["-n", ns, "link", "set", NS_VETH, "up"]).await?;
-    run("ip", &["-n", ns, "route", "add", "default", "via", &host_ip.to_string()]).await?;
-    run("ip", &["netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]).await?;
+    run(
+        "ip",
+        &[
+            "-n",
+            ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &host_ip.to_string(),
+        ],
+    )
+    .await?;
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            ns,
+            "sysctl",
+            "-q",
+            "-w",
+            "net.ipv4.ip_forward=1",
+        ],
+    )
+    .await?;
     let ns_rules = format!(
         "table ip lelantos {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname \"{NS_VETH}\" masquerade\n  }}\n}}\n"
     );
@@ -138,8 +214,20 @@ mod tests {
 
     #[test]
     fn slots_are_disjoint_slash_30s() {
-        assert_eq!(slot_addrs(0), (Ipv4Addr::new(10, 201, 0, 1), Ipv4Addr::new(10, 201, 0, 2)));
-        assert_eq!(slot_addrs(1), (Ipv4Addr::new(10, 201, 0, 5), Ipv4Addr::new(10, 201, 0, 6)));
-        assert_eq!(slot_addrs(SLOTS - 1), (Ipv4Addr::new(10, 201, 255, 253), Ipv4Addr::new(10, 201, 255, 254)));
+        assert_eq!(
+            slot_addrs(0),
+            (Ipv4Addr::new(10, 201, 0, 1), Ipv4Addr::new(10, 201, 0, 2))
+        );
+        assert_eq!(
+            slot_addrs(1),
+            (Ipv4Addr::new(10, 201, 0, 5), Ipv4Addr::new(10, 201, 0, 6))
+        );
+        assert_eq!(
+            slot_addrs(SLOTS - 1),
+            (
+                Ipv4Addr::new(10, 201, 255, 253),
+                Ipv4Addr::new(10, 201, 255, 254)
+            )
+        );
     }
 }

@@ -70,7 +70,10 @@ pub(crate) async fn run(program: &str, args: &[&str]) -> Result<String, Error> {
         .args(args)
         .output()
         .await
-        .map_err(|source| Error::Spawn { command: command.clone(), source })?;
+        .map_err(|source| Error::Spawn {
+            command: command.clone(),
+            source,
+        })?;
     if !out.status.success() {
         return Err(Error::Command {
             command,
@@ -104,8 +107,15 @@ impl VmNetwork {
         }
         let tap_addr = format!("{TAP_IP}/{PREFIX}");
         run("ip", &["-n", &netns, "link", "set", "lo", "up"]).await?;
-        if run("ip", &["-n", &netns, "link", "show", TAP]).await.is_err() {
-            run("ip", &["-n", &netns, "tuntap", "add", "dev", TAP, "mode", "tap"]).await?;
+        if run("ip", &["-n", &netns, "link", "show", TAP])
+            .await
+            .is_err()
+        {
+            run(
+                "ip",
+                &["-n", &netns, "tuntap", "add", "dev", TAP, "mode", "tap"],
+            )
+            .await?;
             run("ip", &["-n", &netns, "addr", "add", &tap_addr, "dev", TAP]).await?;
         }
         run("ip", &["-n", &netns, "link", "set", TAP, "up"]).await?;
@@ -143,7 +153,10 @@ impl VmNetwork {
 
     /// Kernel arguments that configure the guest's side (envd reads them).
     pub fn guest_cmdline(&self) -> Vec<String> {
-        let mut args = vec![format!("envd.ip={GUEST_IP}/{PREFIX}"), format!("envd.gw={TAP_IP}")];
+        let mut args = vec![
+            format!("envd.ip={GUEST_IP}/{PREFIX}"),
+            format!("envd.gw={TAP_IP}"),
+        ];
         if self.egress {
             args.push("envd.dns=1.1.1.1".to_owned());
         }
@@ -151,7 +164,11 @@ impl VmNetwork {
     }
 
     /// Opens a TCP connection to `port` on the guest, from inside the namespace.
-    pub async fn connect(&self, port: u16, timeout: Duration) -> Result<tokio::net::TcpStream, Error> {
+    pub async fn connect(
+        &self,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<tokio::net::TcpStream, Error> {
         connect(&self.netns, SocketAddr::from((GUEST_IP, port)), timeout).await
     }
 }
@@ -161,29 +178,39 @@ impl VmNetwork {
 /// A socket belongs to the namespace it was created in, so a short-lived
 /// thread enters the namespace, connects, and hands the socket back; the
 /// daemon's own threads never change namespace.
-pub async fn connect(netns: &str, addr: SocketAddr, timeout: Duration) -> Result<tokio::net::TcpStream, Error> {
+pub async fn connect(
+    netns: &str,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<tokio::net::TcpStream, Error> {
     let path = VmNetwork::path_of(netns);
     let name = netns.to_owned();
-    let err = move |source| Error::Connect { netns: name.clone(), addr, source };
-    let std_stream = tokio::task::spawn_blocking(move || -> std::io::Result<std::net::TcpStream> {
-        let ns = std::fs::File::open(&path)?;
-        // Runs on a throwaway thread: std::thread keeps blocking-pool threads
-        // for reuse, so enter the namespace on a dedicated thread instead.
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
-                let stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
-                stream.set_nonblocking(true)?;
-                stream.set_nodelay(true)?;
-                Ok(stream)
+    let err = move |source| Error::Connect {
+        netns: name.clone(),
+        addr,
+        source,
+    };
+    let std_stream =
+        tokio::task::spawn_blocking(move || -> std::io::Result<std::net::TcpStream> {
+            let ns = std::fs::File::open(&path)?;
+            // Runs on a throwaway thread: std::thread keeps blocking-pool threads
+            // for reuse, so enter the namespace on a dedicated thread instead.
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(std::io::Error::from)?;
+                    let stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+                    stream.set_nonblocking(true)?;
+                    stream.set_nodelay(true)?;
+                    Ok(stream)
+                })
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("connect thread panicked")))
             })
-            .join()
-            .unwrap_or_else(|_| Err(std::io::Error::other("connect thread panicked")))
         })
-    })
-    .await
-    .map_err(|e| err(std::io::Error::other(e)))?
-    .map_err(err.clone())?;
+        .await
+        .map_err(|e| err(std::io::Error::other(e)))?
+        .map_err(err.clone())?;
     tokio::net::TcpStream::from_std(std_stream).map_err(err)
 }
 

@@ -74,9 +74,14 @@ impl VmDir {
 
     /// Writes `vm.json` atomically.
     pub fn write_record(&self, record: &VmRecord) -> Result<(), Error> {
-        let prepare = |source| Error::Prepare { vm: record.lifecycle_id.clone(), what: "vm record", source };
+        let prepare = |source| Error::Prepare {
+            vm: record.lifecycle_id.clone(),
+            what: "vm record",
+            source,
+        };
         let tmp = self.path.join("vm.json.tmp");
-        let json = serde_json::to_vec_pretty(record).map_err(|e| prepare(std::io::Error::other(e)))?;
+        let json =
+            serde_json::to_vec_pretty(record).map_err(|e| prepare(std::io::Error::other(e)))?;
         std::fs::write(&tmp, json).map_err(prepare)?;
         std::fs::rename(&tmp, self.path.join("vm.json")).map_err(prepare)
     }
@@ -98,14 +103,23 @@ impl VmDir {
 
 /// Creates a qcow2 overlay at `overlay` whose backing file is `base`
 /// (raw or qcow2): the VM's writes land in the overlay, the base is shared.
-pub async fn create_overlay(base: &Path, base_format: &str, overlay: &Path, vm: &str) -> Result<(), Error> {
+pub async fn create_overlay(
+    base: &Path,
+    base_format: &str,
+    overlay: &Path,
+    vm: &str,
+) -> Result<(), Error> {
     let out = tokio::process::Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2", "-F", base_format, "-b"])
         .arg(base)
         .arg(overlay)
         .output()
         .await
-        .map_err(|source| Error::Prepare { vm: vm.to_owned(), what: "disk overlay (qemu-img)", source })?;
+        .map_err(|source| Error::Prepare {
+            vm: vm.to_owned(),
+            what: "disk overlay (qemu-img)",
+            source,
+        })?;
     if !out.status.success() {
         return Err(Error::Prepare {
             vm: vm.to_owned(),
@@ -125,17 +139,25 @@ pub fn spawn_vmm(
     log: &Path,
     vm: &str,
 ) -> Result<tokio::process::Child, Error> {
-    let spawn_err = |source| Error::Spawn { vm: vm.to_owned(), source };
+    let spawn_err = |source| Error::Spawn {
+        vm: vm.to_owned(),
+        source,
+    };
     let ns = std::fs::File::open(netns_path).map_err(spawn_err)?;
     let log_file = std::fs::File::create(log).map_err(spawn_err)?;
     let log_err = log_file.try_clone().map_err(spawn_err)?;
     let mut cmd = std::process::Command::new(program);
-    cmd.args(args).stdin(Stdio::null()).stdout(log_file).stderr(log_err).process_group(0);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(log_file)
+        .stderr(log_err)
+        .process_group(0);
     // SAFETY: runs in the forked child before exec; setns(2) is
     // async-signal-safe and `ns` stays open across the fork.
     unsafe {
         cmd.pre_exec(move || {
-            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(std::io::Error::from)
         });
     }
     let mut cmd = tokio::process::Command::from(cmd);
@@ -146,7 +168,10 @@ pub fn spawn_vmm(
 /// Kills a VMM's whole process group and waits briefly for it to go.
 pub fn kill_group(pid: u32) {
     let Ok(raw) = i32::try_from(pid) else { return };
-    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(raw), nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(raw),
+        nix::sys::signal::Signal::SIGKILL,
+    );
 }
 
 /// Whether `pid` is alive and its command line mentions `needle` (guards

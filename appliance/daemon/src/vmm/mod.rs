@@ -204,14 +204,28 @@ pub fn transition(state: VmState, op: VmOp) -> Result<VmState, Error> {
 mod tests {
     use super::*;
 
-    const STATES: [VmState; 4] = [VmState::Created, VmState::Running, VmState::Paused, VmState::Stopped];
-    const OPS: [VmOp; 5] = [VmOp::Boot, VmOp::Pause, VmOp::Resume, VmOp::Snapshot, VmOp::Shutdown];
+    const STATES: [VmState; 4] = [
+        VmState::Created,
+        VmState::Running,
+        VmState::Paused,
+        VmState::Stopped,
+    ];
+    const OPS: [VmOp; 5] = [
+        VmOp::Boot,
+        VmOp::Pause,
+        VmOp::Resume,
+        VmOp::Snapshot,
+        VmOp::Shutdown,
+    ];
 
     #[test]
     fn every_pair_is_decided_and_matches_the_diagram() {
         let allowed: Vec<(VmState, VmOp, VmState)> = STATES
             .iter()
-            .flat_map(|s| OPS.iter().filter_map(move |o| s.after(*o).map(|n| (*s, *o, n))))
+            .flat_map(|s| {
+                OPS.iter()
+                    .filter_map(move |o| s.after(*o).map(|n| (*s, *o, n)))
+            })
             .collect();
         assert_eq!(
             allowed,
@@ -228,7 +242,10 @@ mod tests {
         );
         assert!(matches!(
             transition(VmState::Running, VmOp::Snapshot),
-            Err(Error::WrongState { op: VmOp::Snapshot, state: VmState::Running })
+            Err(Error::WrongState {
+                op: VmOp::Snapshot,
+                state: VmState::Running
+            })
         ));
     }
 }

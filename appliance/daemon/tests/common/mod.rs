@@ -29,10 +29,9 @@ pub struct Images {
 
 /// Reads `LELANTOS_IMAGE_MANIFEST` (set by `tests/run` after building images).
 pub fn images() -> Images {
-    let path = PathBuf::from(
-        std::env::var("LELANTOS_IMAGE_MANIFEST")
-            .expect("LELANTOS_IMAGE_MANIFEST must point at a built image manifest (run: bash tests/run)"),
-    );
+    let path = PathBuf::from(std::env::var("LELANTOS_IMAGE_MANIFEST").expect(
+        "LELANTOS_IMAGE_MANIFEST must point at a built image manifest (run: bash tests/run)",
+    ));
     let m = lelantos_image::manifest::Manifest::read(&path).expect("readable manifest");
     let dir = path.parent().unwrap().to_path_buf();
     Images {
@@ -49,7 +48,12 @@ pub async fn accel(images: &Images) -> Accel {
         Ok("kvm") => Accel::Kvm,
         Ok("tcg") => Accel::Tcg,
         _ => {
-            let p = probe::probe(&Qemu::find_binary().unwrap(), &images.kernel, Duration::from_secs(8)).await;
+            let p = probe::probe(
+                &Qemu::find_binary().unwrap(),
+                &images.kernel,
+                Duration::from_secs(8),
+            )
+            .await;
             eprintln!("accelerator: {:?} ({})", p.accel, p.reason);
             p.accel
         }
@@ -73,7 +77,11 @@ impl Lab {
             accel: accel(&images).await,
         })
         .unwrap();
-        Self { driver, images, root }
+        Self {
+            driver,
+            images,
+            root,
+        }
     }
 
     pub fn spec(&self) -> VmSpec {
@@ -85,7 +93,12 @@ impl Lab {
             kernel: self.images.kernel.clone(),
             initramfs: Some(self.images.initramfs.clone()),
             rootfs: self.images.rootfs.clone(),
-            extra_cmdline: self.images.cmdline.split_whitespace().map(str::to_owned).collect(),
+            extra_cmdline: self
+                .images
+                .cmdline
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect(),
             network: NetworkSpec::default(),
         }
     }
@@ -110,7 +123,10 @@ pub struct Guarded {
 
 impl Guarded {
     pub fn new(vm: QemuVm) -> Self {
-        Self { vm: Some(vm), booted_at: Instant::now() }
+        Self {
+            vm: Some(vm),
+            booted_at: Instant::now(),
+        }
     }
 
     pub fn vm(&mut self) -> &mut QemuVm {
@@ -125,10 +141,16 @@ impl Guarded {
     pub async fn wait_envd(&self, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
-            if let Ok((204, _)) = self.http("GET", "/health", None, &[], Duration::from_secs(2)).await {
+            if let Ok((204, _)) = self
+                .http("GET", "/health", None, &[], Duration::from_secs(2))
+                .await
+            {
                 return;
             }
-            assert!(Instant::now() < deadline, "envd did not become healthy within {within:?}");
+            assert!(
+                Instant::now() < deadline,
+                "envd did not become healthy within {within:?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -143,38 +165,64 @@ impl Guarded {
         timeout: Duration,
     ) -> Result<(u16, Vec<u8>), String> {
         let fut = async {
-            let stream = self.net().connect(49983, Duration::from_secs(2)).await.map_err(|e| e.to_string())?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            let stream = self
+                .net()
+                .connect(49983, Duration::from_secs(2))
                 .await
                 .map_err(|e| e.to_string())?;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .map_err(|e| e.to_string())?;
             tokio::spawn(conn);
-            let mut req = hyper::Request::builder().method(method).uri(path).header("host", "envd");
+            let mut req = hyper::Request::builder()
+                .method(method)
+                .uri(path)
+                .header("host", "envd");
             for (k, v) in headers {
                 req = req.header(*k, *v);
             }
-            let req = req.body(Full::new(bytes::Bytes::from(body.unwrap_or_default()))).map_err(|e| e.to_string())?;
+            let req = req
+                .body(Full::new(bytes::Bytes::from(body.unwrap_or_default())))
+                .map_err(|e| e.to_string())?;
             let res = sender.send_request(req).await.map_err(|e| e.to_string())?;
             let status = res.status().as_u16();
-            let bytes = res.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+            let bytes = res
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
             Ok((status, bytes.to_vec()))
         };
-        tokio::time::timeout(timeout, fut).await.map_err(|_| "timed out".to_owned())?
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| "timed out".to_owned())?
     }
 
     /// Runs `cmd` with bash in the guest; returns (exit code, stdout).
     pub async fn run(&self, cmd: &str) -> (i64, String) {
-        let frames = self.start_stream(json!({"process": {"cmd": "/bin/bash", "args": ["-c", cmd]}, "stdin": false})).await;
+        let frames = self
+            .start_stream(
+                json!({"process": {"cmd": "/bin/bash", "args": ["-c", cmd]}, "stdin": false}),
+            )
+            .await;
         let mut out = String::new();
         let mut code = None;
         for f in &frames {
             if let Some(s) = f["event"]["data"]["stdout"].as_str() {
-                out.push_str(&String::from_utf8_lossy(&base64::engine::general_purpose::STANDARD.decode(s).unwrap()));
+                out.push_str(&String::from_utf8_lossy(
+                    &base64::engine::general_purpose::STANDARD.decode(s).unwrap(),
+                ));
             }
             if let Some(end) = f["event"].get("end") {
                 code = Some(end["exitCode"].as_i64().unwrap_or(0));
             }
         }
-        (code.unwrap_or_else(|| panic!("no end event: {frames:?}")), out)
+        (
+            code.unwrap_or_else(|| panic!("no end event: {frames:?}")),
+            out,
+        )
     }
 
     async fn start_stream(&self, req: Value) -> Vec<Value> {
@@ -205,7 +253,9 @@ impl Guarded {
 
     /// Starts `cmd` in the background (detached via envd) and returns its pid.
     pub async fn spawn_background(&self, cmd: &str) -> u64 {
-        let (code, out) = self.run(&format!("nohup bash -c '{cmd}' >/dev/null 2>&1 & echo $!")).await;
+        let (code, out) = self
+            .run(&format!("nohup bash -c '{cmd}' >/dev/null 2>&1 & echo $!"))
+            .await;
         assert_eq!(code, 0);
         out.trim().parse().unwrap()
     }
@@ -213,12 +263,21 @@ impl Guarded {
     /// The envd process list (pids).
     pub async fn list(&self) -> Vec<u64> {
         let (status, body) = self
-            .http("POST", "/process.Process/List", Some(b"{}".to_vec()), &[("content-type", "application/json")], Duration::from_secs(10))
+            .http(
+                "POST",
+                "/process.Process/List",
+                Some(b"{}".to_vec()),
+                &[("content-type", "application/json")],
+                Duration::from_secs(10),
+            )
             .await
             .unwrap();
         assert_eq!(status, 200);
         let v: Value = serde_json::from_slice(&body).unwrap();
-        v["processes"].as_array().map(|a| a.iter().filter_map(|p| p["pid"].as_u64()).collect()).unwrap_or_default()
+        v["processes"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|p| p["pid"].as_u64()).collect())
+            .unwrap_or_default()
     }
 
     /// Tears the VM down through the driver (the clean path).
@@ -240,7 +299,9 @@ impl Drop for Guarded {
             }
         }
         lelantos::vmm::host::kill_group(vm.pid);
-        let _ = std::process::Command::new("ip").args(["netns", "delete", &vm.net.netns]).status();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "delete", &vm.net.netns])
+            .status();
         let _ = std::fs::remove_dir_all(&vm.dir.path);
     }
 }
@@ -249,13 +310,20 @@ impl Guarded {
     /// Starts `cmd` through envd's Start RPC and disconnects after the
     /// `start` event: the process keeps running in envd's table.
     pub async fn start_detached(&self, cmd: &str) -> u64 {
-        let payload = json!({"process": {"cmd": "/bin/bash", "args": ["-c", cmd]}, "stdin": false}).to_string();
+        let payload = json!({"process": {"cmd": "/bin/bash", "args": ["-c", cmd]}, "stdin": false})
+            .to_string();
         let mut body = vec![0u8];
         body.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
         body.extend_from_slice(payload.as_bytes());
-        let stream = self.net().connect(49983, Duration::from_secs(2)).await.unwrap();
+        let stream = self
+            .net()
+            .connect(49983, Duration::from_secs(2))
+            .await
+            .unwrap();
         let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
         let conn = tokio::spawn(conn);
         let req = hyper::Request::builder()
             .method("POST")
@@ -267,8 +335,14 @@ impl Guarded {
         let res = sender.send_request(req).await.unwrap();
         let mut body = res.into_body();
         let mut buf = Vec::new();
-        while buf.len() < 5 || buf.len() < 5 + u32::from_be_bytes(buf[1..5].try_into().unwrap()) as usize {
-            let frame = tokio::time::timeout(Duration::from_secs(30), body.frame()).await.unwrap().unwrap().unwrap();
+        while buf.len() < 5
+            || buf.len() < 5 + u32::from_be_bytes(buf[1..5].try_into().unwrap()) as usize
+        {
+            let frame = tokio::time::timeout(Duration::from_secs(30), body.frame())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
             if let Ok(data) = frame.into_data() {
                 buf.extend_from_slice(&data);
             }
@@ -276,6 +350,8 @@ impl Guarded {
         let len = u32::from_be_bytes(buf[1..5].try_into().unwrap()) as usize;
         let first: Value = serde_json::from_slice(&buf[5..5 + len]).unwrap();
         conn.abort();
-        first["event"]["start"]["pid"].as_u64().expect("start event first")
+        first["event"]["start"]["pid"]
+            .as_u64()
+            .expect("start event first")
     }
 }

@@ -101,7 +101,10 @@ impl Qemu {
     /// A driver with a fixed accelerator.
     pub fn new(config: QemuConfig) -> Result<Self, Error> {
         if !config.binary.exists() {
-            return Err(Error::Unavailable(format!("{} not found", config.binary.display())));
+            return Err(Error::Unavailable(format!(
+                "{} not found",
+                config.binary.display()
+            )));
         }
         std::fs::create_dir_all(&config.vm_root).map_err(|source| Error::Prepare {
             vm: "-".to_owned(),
@@ -145,11 +148,17 @@ impl Qemu {
             "-append".into(),
             meta.cmdline.clone(),
             "-drive".into(),
-            format!("id=d0,file={},format={disk_format},if=none,cache=unsafe", dir.disk().display()),
+            format!(
+                "id=d0,file={},format={disk_format},if=none,cache=unsafe",
+                dir.disk().display()
+            ),
             "-device".into(),
             "virtio-blk-device,drive=d0".into(),
             "-netdev".into(),
-            format!("tap,id=n0,ifname={},script=no,downscript=no", crate::net::TAP),
+            format!(
+                "tap,id=n0,ifname={},script=no,downscript=no",
+                crate::net::TAP
+            ),
             "-device".into(),
             format!("virtio-net-device,netdev=n0,mac={GUEST_MAC}"),
             "-serial".into(),
@@ -188,8 +197,15 @@ impl Qemu {
             netns: net.netns.clone(),
             egress: net.egress,
         })?;
-        std::fs::write(dir.path.join("machine.json"), serde_json::to_vec_pretty(&meta).unwrap_or_default())
-            .map_err(|source| Error::Prepare { vm: id.to_owned(), what: "machine record", source })?;
+        std::fs::write(
+            dir.path.join("machine.json"),
+            serde_json::to_vec_pretty(&meta).unwrap_or_default(),
+        )
+        .map_err(|source| Error::Prepare {
+            vm: id.to_owned(),
+            what: "machine record",
+            source,
+        })?;
         let qmp = match Qmp::connect(&dir.control_socket(), Instant::now() + START_TIMEOUT).await {
             Ok(q) => q,
             Err(e) => {
@@ -215,16 +231,30 @@ impl Qemu {
         })
     }
 
-    async fn control(vm: &QemuVm, command: &str, args: Option<serde_json::Value>) -> Result<serde_json::Value, Error> {
-        vm.qmp.lock().await.execute(command, args).await.map_err(|e| Error::Control {
-            vm: vm.id.clone(),
-            request: command.to_owned(),
-            message: e.to_string(),
-        })
+    async fn control(
+        vm: &QemuVm,
+        command: &str,
+        args: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, Error> {
+        vm.qmp
+            .lock()
+            .await
+            .execute(command, args)
+            .await
+            .map_err(|e| Error::Control {
+                vm: vm.id.clone(),
+                request: command.to_owned(),
+                message: e.to_string(),
+            })
     }
 
     fn cmdline(&self, spec: &VmSpec, net: &VmNetwork) -> String {
-        let mut parts: Vec<String> = vec!["console=ttyS0".into(), "quiet".into(), "panic=-1".into(), "nokaslr".into()];
+        let mut parts: Vec<String> = vec![
+            "console=ttyS0".into(),
+            "quiet".into(),
+            "panic=-1".into(),
+            "nokaslr".into(),
+        ];
         if self.config.accel == Accel::Tcg {
             parts.extend(tcg_clock_args());
         }
@@ -239,7 +269,10 @@ impl Qemu {
         let dir = VmDir::create(&self.config.vm_root, id)?;
         let net = VmNetwork::create(id, spec.network.egress)
             .await
-            .map_err(|source| Error::Network { vm: id.to_owned(), source })?;
+            .map_err(|source| Error::Network {
+                vm: id.to_owned(),
+                source,
+            })?;
         Ok((dir, net))
     }
 
@@ -258,9 +291,10 @@ impl Qemu {
         for entry in entries.flatten() {
             let dir = VmDir { path: entry.path() };
             let record = dir.read_record();
-            let alive = record.as_ref().and_then(|r| r.vmm_pid).is_some_and(|pid| {
-                host::process_matches(pid, &dir.path.display().to_string())
-            });
+            let alive = record
+                .as_ref()
+                .and_then(|r| r.vmm_pid)
+                .is_some_and(|pid| host::process_matches(pid, &dir.path.display().to_string()));
             match (record, alive) {
                 (Some(r), true) => match self.adopt(&dir, &r).await {
                     Ok(vm) => {
@@ -284,7 +318,12 @@ impl Qemu {
         }
         for netns in crate::net::list_owned().await.unwrap_or_default() {
             if !live_netns.contains(&netns) {
-                let _ = VmNetwork { netns, egress: false }.destroy().await;
+                let _ = VmNetwork {
+                    netns,
+                    egress: false,
+                }
+                .destroy()
+                .await;
                 cleaned += 1;
             }
         }
@@ -293,7 +332,12 @@ impl Qemu {
 
     async fn clean(dir: &VmDir, record: Option<&VmRecord>) {
         if let Some(r) = record {
-            let _ = VmNetwork { netns: r.netns.clone(), egress: r.egress }.destroy().await;
+            let _ = VmNetwork {
+                netns: r.netns.clone(),
+                egress: r.egress,
+            }
+            .destroy()
+            .await;
         }
         let _ = dir.remove();
     }
@@ -302,10 +346,20 @@ impl Qemu {
         let meta: SnapshotMeta = std::fs::read(dir.path.join("machine.json"))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(|| Error::Snapshot { dir: dir.path.clone(), reason: "machine.json missing".to_owned() })?;
-        let mut qmp = Qmp::connect(&dir.control_socket(), Instant::now() + Duration::from_secs(2))
-            .await
-            .map_err(|e| Error::Control { vm: r.lifecycle_id.clone(), request: "connect qmp".into(), message: e.to_string() })?;
+            .ok_or_else(|| Error::Snapshot {
+                dir: dir.path.clone(),
+                reason: "machine.json missing".to_owned(),
+            })?;
+        let mut qmp = Qmp::connect(
+            &dir.control_socket(),
+            Instant::now() + Duration::from_secs(2),
+        )
+        .await
+        .map_err(|e| Error::Control {
+            vm: r.lifecycle_id.clone(),
+            request: "connect qmp".into(),
+            message: e.to_string(),
+        })?;
         let status = qmp.status().await.map_err(|e| Error::Control {
             vm: r.lifecycle_id.clone(),
             request: "query-status".into(),
@@ -316,11 +370,18 @@ impl Qemu {
             "prelaunch" => VmState::Created,
             _ => VmState::Paused,
         };
-        let accel = if meta.accel == "kvm" { Accel::Kvm } else { Accel::Tcg };
+        let accel = if meta.accel == "kvm" {
+            Accel::Kvm
+        } else {
+            Accel::Tcg
+        };
         Ok(QemuVm {
             id: r.lifecycle_id.clone(),
             dir: dir.clone(),
-            net: VmNetwork { netns: r.netns.clone(), egress: r.egress },
+            net: VmNetwork {
+                netns: r.netns.clone(),
+                egress: r.egress,
+            },
             state,
             pid: r.vmm_pid.unwrap_or_default(),
             child: None,
@@ -351,7 +412,17 @@ impl VmBackend for Qemu {
             initramfs: spec.initramfs.clone(),
             cmdline: self.cmdline(spec, &net),
         };
-        match self.launch(id, spec.sandbox_id.as_str(), dir.clone(), net.clone(), meta, None).await {
+        match self
+            .launch(
+                id,
+                spec.sandbox_id.as_str(),
+                dir.clone(),
+                net.clone(),
+                meta,
+                None,
+            )
+            .await
+        {
             Ok(vm) => Ok(vm),
             Err(e) => {
                 let _ = net.destroy().await;
@@ -384,7 +455,10 @@ impl VmBackend for Qemu {
 
     async fn snapshot(&self, vm: &mut QemuVm, dir: &Path) -> Result<(), Error> {
         let next = transition(vm.state, VmOp::Snapshot)?;
-        let snap_err = |reason: String| Error::Snapshot { dir: dir.to_path_buf(), reason };
+        let snap_err = |reason: String| Error::Snapshot {
+            dir: dir.to_path_buf(),
+            reason,
+        };
         std::fs::create_dir_all(dir).map_err(|e| snap_err(format!("create: {e}")))?;
         let state_file = dir.join("memory.state");
         Self::control(
@@ -399,9 +473,14 @@ impl VmBackend for Qemu {
             match info["status"].as_str().unwrap_or_default() {
                 "completed" => break,
                 "failed" | "cancelled" => {
-                    return Err(snap_err(format!("migration {}", info["error-desc"].as_str().unwrap_or("failed"))));
+                    return Err(snap_err(format!(
+                        "migration {}",
+                        info["error-desc"].as_str().unwrap_or("failed")
+                    )));
                 }
-                _ if Instant::now() > deadline => return Err(snap_err("migration timed out".into())),
+                _ if Instant::now() > deadline => {
+                    return Err(snap_err("migration timed out".into()));
+                }
                 _ => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         }
@@ -411,16 +490,22 @@ impl VmBackend for Qemu {
             .await
             .map_err(|e| snap_err(format!("copy disk: {e}")))?;
         let meta = serde_json::to_vec_pretty(&vm.meta).map_err(|e| snap_err(e.to_string()))?;
-        std::fs::write(dir.join("machine.json"), meta).map_err(|e| snap_err(format!("write machine.json: {e}")))?;
+        std::fs::write(dir.join("machine.json"), meta)
+            .map_err(|e| snap_err(format!("write machine.json: {e}")))?;
         vm.state = next;
         Ok(())
     }
 
     async fn restore(&self, spec: &VmSpec, dir: &Path) -> Result<QemuVm, Error> {
-        let snap_err = |reason: String| Error::Snapshot { dir: dir.to_path_buf(), reason };
+        let snap_err = |reason: String| Error::Snapshot {
+            dir: dir.to_path_buf(),
+            reason,
+        };
         let meta: SnapshotMeta = std::fs::read(dir.join("machine.json"))
             .map_err(|e| snap_err(format!("machine.json: {e}")))
-            .and_then(|b| serde_json::from_slice(&b).map_err(|e| snap_err(format!("machine.json: {e}"))))?;
+            .and_then(|b| {
+                serde_json::from_slice(&b).map_err(|e| snap_err(format!("machine.json: {e}")))
+            })?;
         if meta.driver != NAME {
             return Err(snap_err(format!("written by driver {}", meta.driver)));
         }
@@ -433,7 +518,14 @@ impl VmBackend for Qemu {
         let (vm_dir, net) = self.prepare(spec).await?;
         host::create_overlay(&dir.join("disk.qcow2"), "qcow2", &vm_dir.disk(), id).await?;
         let mut vm = match self
-            .launch(id, spec.sandbox_id.as_str(), vm_dir.clone(), net.clone(), meta, Some(&dir.join("memory.state")))
+            .launch(
+                id,
+                spec.sandbox_id.as_str(),
+                vm_dir.clone(),
+                net.clone(),
+                meta,
+                Some(&dir.join("memory.state")),
+            )
             .await
         {
             Ok(vm) => vm,
@@ -445,17 +537,27 @@ impl VmBackend for Qemu {
         };
         let deadline = Instant::now() + Duration::from_secs(300);
         loop {
-            let status = vm.qmp.lock().await.status().await.map_err(|e| Error::Control {
-                vm: id.to_owned(),
-                request: "query-status".into(),
-                message: e.to_string(),
-            })?;
+            let status = vm
+                .qmp
+                .lock()
+                .await
+                .status()
+                .await
+                .map_err(|e| Error::Control {
+                    vm: id.to_owned(),
+                    request: "query-status".into(),
+                    message: e.to_string(),
+                })?;
             match status.as_str() {
-                "inmigrate" if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(10)).await,
+                "inmigrate" if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
                 "paused" | "prelaunch" | "postmigrate" | "restore-vm" => break,
                 other => {
                     let _ = self.shutdown(&mut vm).await;
-                    return Err(snap_err(format!("incoming migration ended in state {other}")));
+                    return Err(snap_err(format!(
+                        "incoming migration ended in state {other}"
+                    )));
                 }
             }
         }
@@ -469,7 +571,9 @@ impl VmBackend for Qemu {
         if vm.state != VmState::Stopped {
             let _ = vm.qmp.lock().await.execute("quit", None).await;
             let exited = match vm.child.as_mut() {
-                Some(child) => tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_ok(),
+                Some(child) => tokio::time::timeout(Duration::from_secs(5), child.wait())
+                    .await
+                    .is_ok(),
                 None => false,
             };
             if !exited {
@@ -478,8 +582,15 @@ impl VmBackend for Qemu {
                     let _ = child.wait().await;
                 }
             }
-            vm.net.destroy().await.map_err(|source| Error::Network { vm: vm.id.clone(), source })?;
-            vm.dir.remove().map_err(|source| Error::Prepare { vm: vm.id.clone(), what: "remove vm directory", source })?;
+            vm.net.destroy().await.map_err(|source| Error::Network {
+                vm: vm.id.clone(),
+                source,
+            })?;
+            vm.dir.remove().map_err(|source| Error::Prepare {
+                vm: vm.id.clone(),
+                what: "remove vm directory",
+                source,
+            })?;
         }
         vm.state = next;
         Ok(())
@@ -492,7 +603,10 @@ impl VmBackend for Qemu {
         } else {
             let stats = Self::control(vm, "query-blockstats", None).await?;
             let s = &stats[0]["stats"];
-            (s["rd_bytes"].as_u64().unwrap_or(0), s["wr_bytes"].as_u64().unwrap_or(0))
+            (
+                s["rd_bytes"].as_u64().unwrap_or(0),
+                s["wr_bytes"].as_u64().unwrap_or(0),
+            )
         };
         Ok(VmInfo {
             state: vm.state,
@@ -514,14 +628,22 @@ fn tcg_clock_args() -> Vec<String> {
     let khz = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| {
         c.lines()
             .find_map(|l| l.strip_prefix("cpu MHz"))
-            .and_then(|v| v.trim_start_matches([' ', '\t', ':']).trim().parse::<f64>().ok())
+            .and_then(|v| {
+                v.trim_start_matches([' ', '\t', ':'])
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
     });
     match khz {
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         Some(mhz) if mhz > 0.0 => {
             let khz = (mhz * 1000.0) as u64;
             // loops per jiffy at Debian's HZ=250, from the same clock.
-            vec![format!("tsc_early_khz={khz}"), format!("lpj={}", khz * 1000 / 250)]
+            vec![
+                format!("tsc_early_khz={khz}"),
+                format!("lpj={}", khz * 1000 / 250),
+            ]
         }
         _ => vec!["lpj=10000000".to_owned()],
     }
@@ -534,6 +656,8 @@ fn shell_quote(p: &Path) -> String {
 /// Looks `name` up on PATH.
 pub fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths).map(|p| p.join(name)).find(|p| p.is_file())
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
     })
 }

@@ -55,14 +55,37 @@ const BANNER: &str = "Linux version";
 
 /// Boots `kernel` under KVM and decides.
 pub async fn probe(qemu: &Path, kernel: &Path, timeout: Duration) -> Probe {
-    let tcg = |reason: String| Probe { accel: Accel::Tcg, reason };
-    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
+    let tcg = |reason: String| Probe {
+        accel: Accel::Tcg,
+        reason,
+    };
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
         return tcg("/dev/kvm cannot be opened".to_owned());
     }
     let started = Instant::now();
     let child = tokio::process::Command::new(qemu)
-        .args(["-M", "microvm,accel=kvm,x-option-roms=off", "-cpu", "host", "-m", "128"])
-        .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-serial", "stdio"])
+        .args([
+            "-M",
+            "microvm,accel=kvm,x-option-roms=off",
+            "-cpu",
+            "host",
+            "-m",
+            "128",
+        ])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-serial",
+            "stdio",
+        ])
         .arg("-kernel")
         .arg(kernel)
         .args(["-append", "console=ttyS0 panic=-1 earlyprintk=ttyS0"])
@@ -102,9 +125,14 @@ pub async fn probe(qemu: &Path, kernel: &Path, timeout: Duration) -> Probe {
     match verdict {
         Ok(true) => Probe {
             accel: Accel::Kvm,
-            reason: format!("KVM probe boot printed the kernel banner after {} ms", started.elapsed().as_millis()),
+            reason: format!(
+                "KVM probe boot printed the kernel banner after {} ms",
+                started.elapsed().as_millis()
+            ),
         },
-        Ok(false) if !stderr.is_empty() => tcg(format!("KVM probe boot failed: {}", first_line(&stderr))),
+        Ok(false) if !stderr.is_empty() => {
+            tcg(format!("KVM probe boot failed: {}", first_line(&stderr)))
+        }
         Ok(false) => tcg("KVM probe boot exited without kernel output".to_owned()),
         Err(_) => tcg(format!(
             "KVM probe boot printed nothing in {} s (a software nested KVM cannot run this kernel)",

@@ -48,7 +48,10 @@ impl Qmp {
             }
         };
         let (r, w) = stream.into_split();
-        let mut qmp = Self { reader: BufReader::new(r), writer: w };
+        let mut qmp = Self {
+            reader: BufReader::new(r),
+            writer: w,
+        };
         let greeting = qmp.read_message().await?;
         if greeting.get("QMP").is_none() {
             return Err(Error::Protocol(greeting.to_string()));
@@ -67,12 +70,17 @@ impl Qmp {
             if line.trim().is_empty() {
                 continue;
             }
-            return serde_json::from_str(&line).map_err(|_| Error::Protocol(line.trim().to_owned()));
+            return serde_json::from_str(&line)
+                .map_err(|_| Error::Protocol(line.trim().to_owned()));
         }
     }
 
     /// Runs a command and returns its `return` value.
-    pub async fn execute(&mut self, command: &str, arguments: Option<Value>) -> Result<Value, Error> {
+    pub async fn execute(
+        &mut self,
+        command: &str,
+        arguments: Option<Value>,
+    ) -> Result<Value, Error> {
         let mut msg = json!({ "execute": command });
         if let Some(args) = arguments {
             msg["arguments"] = args;
