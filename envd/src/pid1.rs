@@ -110,6 +110,11 @@ pub fn setup(config: &EnvdConfig) -> Result<(), Error> {
     if let Err(e) = nix::unistd::sethostname(&hostname) {
         eprintln!("envd: sethostname: {e}");
     }
+    // Tools such as sudo resolve their own hostname; without an /etc/hosts
+    // entry that becomes a DNS query that hangs in a sandbox without egress.
+    if let Err(e) = ensure_hosts_entry(Path::new("/etc/hosts"), &hostname) {
+        eprintln!("envd: /etc/hosts: {e}");
+    }
     net::configure("lo", Some((Ipv4Addr::LOCALHOST, 8)), None)?;
     if let Some(ip) = params.ip {
         net::configure("eth0", Some(ip), params.gateway)?;
@@ -165,6 +170,22 @@ fn mount_all() -> Result<(), Error> {
         let _ = std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx");
     }
     Ok(())
+}
+
+/// Makes `/etc/hosts` map `hostname` to 127.0.1.1 (Debian's convention),
+/// replacing an older 127.0.1.1 line.
+pub fn ensure_hosts_entry(hosts: &Path, hostname: &str) -> std::io::Result<()> {
+    let current = std::fs::read_to_string(hosts).unwrap_or_default();
+    let wanted = format!("127.0.1.1\t{hostname}");
+    if current.lines().any(|l| l == wanted) {
+        return Ok(());
+    }
+    let mut lines: Vec<&str> = current.lines().filter(|l| !l.starts_with("127.0.1.1")).collect();
+    if !lines.iter().any(|l| l.starts_with("127.0.0.1")) {
+        lines.insert(0, "127.0.0.1\tlocalhost");
+    }
+    lines.push(&wanted);
+    std::fs::write(hosts, lines.join("\n") + "\n")
 }
 
 /// Forks the server. Returns in the child (the server); never returns in
@@ -383,6 +404,17 @@ mod net {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_entry_is_added_once_and_replaces_an_old_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = dir.path().join("hosts");
+        std::fs::write(&hosts, "127.0.0.1\tlocalhost\n127.0.1.1\tsandbox\n::1\tlocalhost\n").unwrap();
+        ensure_hosts_entry(&hosts, "sbx1").unwrap();
+        ensure_hosts_entry(&hosts, "sbx1").unwrap();
+        let text = std::fs::read_to_string(&hosts).unwrap();
+        assert_eq!(text, "127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\tsbx1\n");
+    }
 
     #[test]
     fn boot_params_from_cmdline() {
