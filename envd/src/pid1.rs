@@ -180,7 +180,10 @@ pub fn ensure_hosts_entry(hosts: &Path, hostname: &str) -> std::io::Result<()> {
     if current.lines().any(|l| l == wanted) {
         return Ok(());
     }
-    let mut lines: Vec<&str> = current.lines().filter(|l| !l.starts_with("127.0.1.1")).collect();
+    let mut lines: Vec<&str> = current
+        .lines()
+        .filter(|l| !l.starts_with("127.0.1.1"))
+        .collect();
     if !lines.iter().any(|l| l.starts_with("127.0.0.1")) {
         lines.insert(0, "127.0.0.1\tlocalhost");
     }
@@ -409,11 +412,18 @@ mod tests {
     fn hosts_entry_is_added_once_and_replaces_an_old_one() {
         let dir = tempfile::tempdir().unwrap();
         let hosts = dir.path().join("hosts");
-        std::fs::write(&hosts, "127.0.0.1\tlocalhost\n127.0.1.1\tsandbox\n::1\tlocalhost\n").unwrap();
+        std::fs::write(
+            &hosts,
+            "127.0.0.1\tlocalhost\n127.0.1.1\tsandbox\n::1\tlocalhost\n",
+        )
+        .unwrap();
         ensure_hosts_entry(&hosts, "sbx1").unwrap();
         ensure_hosts_entry(&hosts, "sbx1").unwrap();
         let text = std::fs::read_to_string(&hosts).unwrap();
-        assert_eq!(text, "127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\tsbx1\n");
+        assert_eq!(
+            text,
+            "127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\tsbx1\n"
+        );
     }
 
     #[test]

@@ -52,6 +52,17 @@ fn envd_as_init_serves_runs_commands_and_powers_off_on_sigterm() {
         is_root(),
         "this test needs root (unshare of pid/mount/net namespaces); CI runs as root"
     );
+    // Init edits /etc/hosts: give it a private copy (bind-mounted inside
+    // its own mount namespace) so the host's file is never touched.
+    let scratch = tempfile::tempdir().unwrap();
+    let hosts = scratch.path().join("hosts");
+    std::fs::copy("/etc/hosts", &hosts).unwrap();
+    let host_hosts_before = std::fs::read("/etc/hosts").unwrap();
+    let script = format!(
+        "mount --bind {} /etc/hosts && exec {} --listen 127.0.0.1:49983 --default-user root",
+        hosts.display(),
+        env!("CARGO_BIN_EXE_envd")
+    );
     let unshare = Command::new("unshare")
         .args([
             "--pid",
@@ -62,8 +73,7 @@ fn envd_as_init_serves_runs_commands_and_powers_off_on_sigterm() {
             "--propagation",
             "private",
         ])
-        .arg(env!("CARGO_BIN_EXE_envd"))
-        .args(["--listen", "127.0.0.1:49983", "--default-user", "root"])
+        .args(["sh", "-c", &script])
         .stdin(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -153,6 +163,17 @@ fn envd_as_init_serves_runs_commands_and_powers_off_on_sigterm() {
         "hostname set by init: {stdout:?}"
     );
     assert_eq!(lines.get(2), Some(&"envd"), "pid 1 is envd: {stdout:?}");
+    assert!(
+        std::fs::read_to_string(&hosts)
+            .unwrap()
+            .contains("127.0.1.1\tsandbox"),
+        "init maps its hostname"
+    );
+    assert_eq!(
+        std::fs::read("/etc/hosts").unwrap(),
+        host_hosts_before,
+        "host file untouched"
+    );
 
     // SIGTERM to init: the server drains, init syncs and "powers off".
     nix::sys::signal::kill(
