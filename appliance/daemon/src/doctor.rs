@@ -142,23 +142,17 @@ async fn cloud_hypervisor_check() -> Check {
 
 /// Human-readable form.
 pub fn render(report: &Report) -> String {
-    let mut out = String::from("VM drivers:\n");
-    for c in &report.drivers {
-        out.push_str(&format!(
-            "  {:<18} {}  {}\n",
-            c.name,
-            if c.ok { "yes" } else { "no " },
-            c.detail
-        ));
-    }
-    out.push_str("Host:\n");
-    for c in &report.host {
-        out.push_str(&format!(
-            "  {:<18} {}  {}\n",
-            c.name,
-            if c.ok { "yes" } else { "no " },
-            c.detail
-        ));
-    }
-    out
+    let section = |title: &str, checks: &[Check]| {
+        let mut out = format!("{title}:\n");
+        for c in checks {
+            out.push_str(&format!(
+                "  {:<18} {}  {}\n",
+                c.name,
+                if c.ok { "yes" } else { "no " },
+                c.detail
+            ));
+        }
+        out
+    };
+    section("VM drivers", &report.drivers) + &section("Host", &report.host)
 }

@@ -17,7 +17,6 @@
 //! write, close) must show exactly CREATE, CHMOD, WRITE, and the SDK tests
 //! count them.
 
-use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
 use envd_protocol::filesystem::{EventType, FilesystemEvent};
@@ -40,14 +39,7 @@ pub(super) struct WatchSpec {
 /// Refuses what E2B refuses: a missing path, a non-directory, and (unless
 /// allowed) a network filesystem, where inotify misses remote changes.
 pub(super) fn validate(root: &Path, allow_network_mounts: bool) -> Result<(), Error> {
-    match std::fs::metadata(root) {
-        Ok(meta) if meta.is_dir() => {}
-        Ok(_) => return Err(Error::NotADirectory(root.to_path_buf())),
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            return Err(Error::NotFound(root.to_path_buf()));
-        }
-        Err(e) => return Err(io("stat", root)(e)),
-    }
+    super::require_dir(root)?;
     if !allow_network_mounts && is_network_mount(root)? {
         return Err(Error::NetworkMount(root.to_path_buf()));
     }

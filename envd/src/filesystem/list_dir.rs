@@ -45,14 +45,7 @@ struct Pending {
 pub(super) fn list(root: &Path, depth: u32, accounts: &Accounts) -> Result<Vec<EntryInfo>, Error> {
     // metadata() follows a symlink at the root, which is the one place
     // listing through a link is wanted.
-    match std::fs::metadata(root) {
-        Ok(meta) if meta.is_dir() => {}
-        Ok(_) => return Err(Error::NotADirectory(root.to_path_buf())),
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            return Err(Error::NotFound(root.to_path_buf()));
-        }
-        Err(e) => return Err(io("stat", root)(e)),
-    }
+    super::require_dir(root)?;
     let mut out = Vec::new();
     // An explicit stack instead of recursion: depth comes from the client.
     let mut stack = children(root, 1)?.unwrap_or_default();

@@ -311,6 +311,18 @@ impl Filesystem for FilesystemService {
     }
 }
 
+/// `root` must exist and be a directory (following a symlink at `root`).
+pub(super) fn require_dir(root: &std::path::Path) -> Result<(), Error> {
+    match std::fs::metadata(root) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(Error::NotADirectory(root.to_path_buf())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(Error::NotFound(root.to_path_buf()))
+        }
+        Err(e) => Err(io("stat", root)(e)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

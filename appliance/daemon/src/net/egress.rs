@@ -14,7 +14,7 @@
 
 use std::net::Ipv4Addr;
 
-use super::{Error, VmNetwork, run};
+use super::{Error, VmNetwork, run, run_with_input};
 
 /// Host-side veth names: `lv-<index>`.
 const HOST_PREFIX: &str = "lv-";
@@ -77,51 +77,13 @@ async fn ensure_host_rules() -> Result<(), Error> {
 }
 
 async fn nft_script(netns: Option<&str>, script: &str) -> Result<(), Error> {
-    use tokio::io::AsyncWriteExt as _;
-    let mut cmd = match netns {
+    match netns {
         Some(ns) => {
-            let mut c = tokio::process::Command::new("ip");
-            c.args(["netns", "exec", ns, "nft", "-f", "-"]);
-            c
+            run_with_input("ip", &["netns", "exec", ns, "nft", "-f", "-"], Some(script)).await
         }
-        None => {
-            let mut c = tokio::process::Command::new("nft");
-            c.args(["-f", "-"]);
-            c
-        }
-    };
-    let command = format!("nft -f - (netns {netns:?})");
-    let mut child = cmd
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|source| Error::Spawn {
-            command: command.clone(),
-            source,
-        })?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(script.as_bytes())
-            .await
-            .map_err(|source| Error::Spawn {
-                command: command.clone(),
-                source,
-            })?;
+        None => run_with_input("nft", &["-f", "-"], Some(script)).await,
     }
-    let out = child
-        .wait_with_output()
-        .await
-        .map_err(|source| Error::Spawn {
-            command: command.clone(),
-            source,
-        })?;
-    if !out.status.success() {
-        return Err(Error::Command {
-            command,
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        });
-    }
-    Ok(())
+    .map(drop)
 }
 
 /// Connects `net`'s namespace to the host and NATs its traffic out.

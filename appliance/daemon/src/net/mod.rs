@@ -65,15 +65,36 @@ pub enum Error {
 
 /// Runs a command, mapping failure to [`Error`].
 pub(crate) async fn run(program: &str, args: &[&str]) -> Result<String, Error> {
+    run_with_input(program, args, None).await
+}
+
+/// Runs a command with `input` on its stdin (when given); returns stdout.
+pub(crate) async fn run_with_input(
+    program: &str,
+    args: &[&str],
+    input: Option<&str>,
+) -> Result<String, Error> {
+    use tokio::io::AsyncWriteExt as _;
     let command = format!("{program} {}", args.join(" "));
-    let out = tokio::process::Command::new(program)
+    let spawn_err = |source| Error::Spawn {
+        command: command.clone(),
+        source,
+    };
+    let mut child = tokio::process::Command::new(program)
         .args(args)
-        .output()
-        .await
-        .map_err(|source| Error::Spawn {
-            command: command.clone(),
-            source,
-        })?;
+        .stdin(if input.is_some() {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        })
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(spawn_err)?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin.write_all(text.as_bytes()).await.map_err(spawn_err)?;
+    }
+    let out = child.wait_with_output().await.map_err(spawn_err)?;
     if !out.status.success() {
         return Err(Error::Command {
             command,
