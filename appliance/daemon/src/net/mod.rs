@@ -25,6 +25,9 @@ pub const GUEST_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 21);
 pub const TAP_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 22);
 /// Prefix length of the guest link.
 pub const PREFIX: u8 = 30;
+/// Guest MAC address, the same for every VM and both drivers: each VM sits
+/// alone on its own link, and a restored snapshot must find the same NIC.
+pub const GUEST_MAC: &str = "06:00:ac:10:00:02";
 /// Tap device name (the same in every namespace).
 pub const TAP: &str = "tap0";
 /// Prefix of the namespaces this layer owns.

@@ -22,12 +22,7 @@ use crate::net::{PREFIX, TAP, TAP_IP, VmNetwork};
 /// once (Cloud Hypervisor then resets it) instead of hanging silently.
 pub const BASE_CMDLINE: &str = "console=ttyS0 panic=-1 quiet";
 
-/// Fixed guest MAC. Every VM sits alone on the link inside its own network
-/// namespace, so one address for all of them cannot clash, and a restored
-/// snapshot finds exactly the NIC its kernel remembers. Locally administered
-/// (bit 1 of the first octet set); the same value as the QEMU driver's, so
-/// a template's guest sees one NIC identity whichever driver runs it.
-pub const GUEST_MAC: &str = "06:00:ac:10:00:02";
+pub use crate::net::GUEST_MAC;
 
 /// Device id of the root disk. Set explicitly (instead of Cloud Hypervisor's
 /// generated `_disk0`) because `vm.counters` is keyed by it and the restore

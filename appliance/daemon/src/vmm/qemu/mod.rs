@@ -25,13 +25,10 @@ use self::probe::Accel;
 use self::qmp::Qmp;
 use super::host::{self, VmDir, VmRecord};
 use super::{Error, VmBackend, VmInfo, VmOp, VmState, transition};
-use crate::net::VmNetwork;
+use crate::net::{GUEST_MAC, VmNetwork};
 
 /// Driver name in records and logs.
 pub const NAME: &str = "qemu";
-/// Fixed guest MAC: every VM sits alone on its own link, and a restored
-/// snapshot must see the same NIC.
-pub const GUEST_MAC: &str = "06:00:ac:10:00:02";
 /// How long QEMU may take to open its control socket.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 
