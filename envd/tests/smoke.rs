@@ -144,3 +144,22 @@ async fn unknown_content_type_is_rejected() {
         .unwrap();
     assert_eq!(res.status().as_u16(), 415);
 }
+
+#[tokio::test]
+async fn h2c_prior_knowledge_serves_rpcs_too() {
+    let e = common::TestEnvd::start().await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let res = h2
+        .post(format!("{}/process.Process/List", e.base))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.version(), reqwest::Version::HTTP_2);
+    assert_eq!(res.status().as_u16(), 200);
+    assert_eq!(res.text().await.unwrap(), "{}");
+}
