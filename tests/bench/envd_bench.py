@@ -29,11 +29,11 @@ def pct(values, p):
     return values[min(len(values) - 1, round((len(values) - 1) * p))]
 
 
-def spawn_ms(n: int, argv):
+def spawn_ms(n: int, argv, env=None):
     out = []
     for _ in range(n):
         t = time.perf_counter()
-        pid = os.posix_spawn(argv[0], argv, dict(os.environ))
+        pid = os.posix_spawn(argv[0], argv, env if env is not None else {})
         os.waitpid(pid, 0)
         out.append((time.perf_counter() - t) * 1000)
     return out
@@ -111,7 +111,12 @@ def main():
             sdk.append((time.perf_counter() - t) * 1000)
         bare = spawn_ms(max(runs, 1000), ["/bin/true"])
         # What commands.run really asks for: a login shell running the command.
-        login = spawn_ms(runs, ["/bin/bash", "-l", "-c", "true"])
+        # With the environment envd gives it (envd clears everything else).
+        login = spawn_ms(
+            runs,
+            ["/bin/bash", "-l", "-c", "true"],
+            {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/root", "USER": "root", "LOGNAME": "root", "E2B_SANDBOX": "true"},
+        )
 
         size = 256 << 20
         data = os.urandom(1 << 20) * 256
