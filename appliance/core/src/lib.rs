@@ -8,9 +8,11 @@
 #![warn(missing_docs)]
 
 pub mod ids;
+pub mod sandbox;
 pub mod resources;
 pub mod vm;
 
 pub use ids::{LifecycleId, SandboxId};
 pub use resources::{MemoryMib, Vcpus};
+pub use sandbox::{SandboxEvent, SandboxState};
 pub use vm::{NetworkSpec, VmSpec};
