@@ -7,9 +7,10 @@
 
 #![warn(missing_docs)]
 
+pub mod config;
 pub mod ids;
-pub mod sandbox;
 pub mod resources;
+pub mod sandbox;
 pub mod vm;
 
 pub use ids::{LifecycleId, SandboxId};

@@ -1,0 +1,33 @@
+//! The E2B-compatible REST surface (`shared/spec/e2b-protocol.md` §2).
+//!
+//! For now this holds only the wire DTOs and pure helpers; the axum routers,
+//! auth and the error→HTTP table come next. Rules the DTOs encode:
+//!
+//! - Field names are camelCase, except `allow_internet_access` (requests)
+//!   and `error_code` (error body), as the SDKs send and expect them.
+//! - Request bodies tolerate unknown fields: newer SDKs add fields.
+//! - Response bodies always carry every field the py SDK requires (including
+//!   the deprecated `clientID`) and omit unset optional ones.
+//! - Wire types stay here; they convert into core types at the edge and never
+//!   leak into `sandboxes` or core.
+//!
+//! Nothing else in the daemon imports this module.
+
+pub mod error_body;
+pub mod list_query;
+pub mod next_token;
+pub mod sandboxes;
+pub mod templates;
+
+pub use error_body::ErrorBody;
+pub use list_query::{ListOrder, ListQuery, ListQueryError};
+pub use next_token::{NextToken, NextTokenError};
+pub use sandboxes::{
+    AutoResume, ConnectRequest, ConnectRequestV2, ListedSandbox, ListedSandboxState, NewSandbox,
+    NewSandboxV2, PauseRequest, RefreshRequest, ResumeRequest, Sandbox, SandboxDetail,
+    SandboxLifecycle, SandboxMetric, SandboxNetworkConfig, SandboxesWithMetrics, TimeoutAction,
+    TimeoutRequest, VolumeMount,
+};
+pub use templates::{
+    Template, TemplateBuild, TemplateBuildStatus, TemplateCreator, TemplateWithBuilds,
+};
