@@ -7,6 +7,10 @@
 
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod doctor;
+pub mod keys;
 pub mod net;
+pub mod proxy;
+pub mod store;
 pub mod vmm;

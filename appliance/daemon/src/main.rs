@@ -26,6 +26,36 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Manage API keys (`X-API-Key`); only their hashes are stored.
+    Keys {
+        /// Where the appliance keeps its state.
+        #[arg(
+            long,
+            global = true,
+            env = "LELANTOS_DATA_DIR",
+            default_value = "/var/lib/lelantos"
+        )]
+        data_dir: PathBuf,
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysAction {
+    /// Create a key; the key itself is the last line printed.
+    Create {
+        /// A name to recognise the key by.
+        #[arg(long, default_value = "default")]
+        name: String,
+    },
+    /// List keys (never the keys themselves).
+    List,
+    /// Revoke a key by id or hint.
+    Revoke {
+        /// Key id, or its hint (`abcd`, `lel_…abcd`).
+        key: String,
+    },
 }
 
 #[tokio::main]
@@ -48,6 +78,11 @@ async fn main() -> anyhow::Result<()> {
                 print!("{}", lelantos::doctor::render(&report));
             }
         }
+        Command::Keys { data_dir, action } => match action {
+            KeysAction::Create { name } => lelantos::keys::cli::create(&data_dir, &name)?,
+            KeysAction::List => lelantos::keys::cli::list(&data_dir)?,
+            KeysAction::Revoke { key } => lelantos::keys::cli::revoke(&data_dir, &key)?,
+        },
     }
     Ok(())
 }
