@@ -59,48 +59,11 @@ pub struct NewSandbox {
     pub volume_mounts: Option<Vec<VolumeMount>>,
 }
 
-/// `POST /v2/sandboxes` body (py 2.63 / js 2.51): [`NewSandbox`] without
-/// `secure` (every sandbox is secured); `timeout` only when the caller set it.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NewSandboxV2 {
-    /// Template id or alias.
-    #[serde(rename = "templateID")]
-    pub template_id: String,
-    /// Timeout in seconds; absent means 300.
-    #[serde(default)]
-    pub timeout: Option<u64>,
-    /// Egress on or off; absent means on.
-    #[serde(default, rename = "allow_internet_access")]
-    pub allow_internet_access: Option<bool>,
-    /// User metadata.
-    #[serde(default, deserialize_with = "null_as_empty")]
-    pub metadata: BTreeMap<String, String>,
-    /// Sandbox-wide environment for envd.
-    #[serde(default, deserialize_with = "null_as_empty")]
-    pub env_vars: BTreeMap<String, String>,
-    /// Pause instead of kill on timeout.
-    #[serde(default)]
-    pub auto_pause: Option<bool>,
-    /// Keep memory when auto-pausing.
-    #[serde(default)]
-    pub auto_pause_memory: Option<bool>,
-    /// Resume on traffic.
-    #[serde(default)]
-    pub auto_resume: Option<AutoResume>,
-    /// MCP gateway settings (opaque for now).
-    #[serde(default)]
-    pub mcp: Option<serde_json::Value>,
-    /// Network policy.
-    #[serde(default)]
-    pub network: Option<SandboxNetworkConfig>,
-    /// Identity tokens (opaque for now).
-    #[serde(default)]
-    pub iam: Option<serde_json::Value>,
-    /// Volumes to mount.
-    #[serde(default)]
-    pub volume_mounts: Option<Vec<VolumeMount>>,
-}
+/// `POST /v2/sandboxes` body (py 2.63 / js 2.51): the same fields as
+/// [`NewSandbox`] except `secure`, which v2 clients never send because every
+/// v2 sandbox is secured — the v2 route applies that, not the type.
+/// `timeout` is only present when the caller set it (absent means 300 s).
+pub type NewSandboxV2 = NewSandbox;
 
 /// `autoResume` in create bodies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
