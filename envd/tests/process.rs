@@ -34,6 +34,27 @@ fn end_of(frames: &[Frame]) -> Value {
         .expect("an end event")
 }
 
+/// Reads the `start` event that must open every process stream.
+async fn start_pid(s: &mut common::Stream) -> u64 {
+    let Some(Frame::Msg(start)) = s.next().await else {
+        panic!("a start event first")
+    };
+    start["event"]["start"]["pid"]
+        .as_u64()
+        .expect("start carries a pid")
+}
+
+/// Sends a signal by pid; returns the HTTP status.
+async fn signal(e: &TestEnvd, pid: u64, sig: &str) -> u16 {
+    let (status, _) = e
+        .unary(
+            "process.Process/SendSignal",
+            json!({"process": {"pid": pid}, "signal": sig}),
+        )
+        .await;
+    status
+}
+
 fn bash(cmd: &str) -> Value {
     json!({"process": {"cmd": "/bin/bash", "args": ["-l", "-c", cmd]}, "stdin": false})
 }
@@ -144,10 +165,7 @@ async fn stdin_send_and_close() {
     let e = TestEnvd::start().await;
     let req = json!({"process": {"cmd": "/bin/cat"}});
     let mut s = e.stream("process.Process/Start", req, &[]).await;
-    let Some(Frame::Msg(start)) = s.next().await else {
-        panic!("start")
-    };
-    let pid = start["event"]["start"]["pid"].as_u64().unwrap();
+    let pid = start_pid(&mut s).await;
     let (st, _) = e
         .unary(
             "process.Process/SendInput",
@@ -188,10 +206,7 @@ async fn stdin_false_means_dev_null_and_input_is_refused() {
             &[],
         )
         .await;
-    let Some(Frame::Msg(start)) = s.next().await else {
-        panic!("start")
-    };
-    let pid = start["event"]["start"]["pid"].as_u64().unwrap();
+    let pid = start_pid(&mut s).await;
     let (st, body) = e
         .unary(
             "process.Process/SendInput",
@@ -199,13 +214,7 @@ async fn stdin_false_means_dev_null_and_input_is_refused() {
         )
         .await;
     assert_eq!((st, body["code"].as_str()), (500, Some("internal")));
-    let (st, _) = e
-        .unary(
-            "process.Process/SendSignal",
-            json!({"process": {"pid": pid}, "signal": "SIGNAL_SIGKILL"}),
-        )
-        .await;
-    assert_eq!(st, 200);
+    assert_eq!(signal(&e, pid, "SIGNAL_SIGKILL").await, 200);
 }
 
 #[tokio::test]
@@ -215,10 +224,7 @@ async fn disconnect_keeps_process_and_connect_reattaches() {
     let cmd =
         format!("for i in 1 2 3 4 5 6 7 8 9 10; do sleep 0.2; echo tick$i; done; touch {marker}");
     let mut s = e.stream("process.Process/Start", bash(&cmd), &[]).await;
-    let Some(Frame::Msg(start)) = s.next().await else {
-        panic!("start")
-    };
-    let pid = start["event"]["start"]["pid"].as_u64().unwrap();
+    let pid = start_pid(&mut s).await;
     drop(s); // client goes away
 
     let (_, list) = e.unary("process.Process/List", json!({})).await;
@@ -276,17 +282,8 @@ async fn sigkill_ends_stream_with_signal_status_and_unknown_pid_is_not_found() {
     let mut s = e
         .stream("process.Process/Start", bash("sleep 30; echo never"), &[])
         .await;
-    let Some(Frame::Msg(start)) = s.next().await else {
-        panic!("start")
-    };
-    let pid = start["event"]["start"]["pid"].as_u64().unwrap();
-    let (st, _) = e
-        .unary(
-            "process.Process/SendSignal",
-            json!({"process": {"pid": pid}, "signal": "SIGNAL_SIGKILL"}),
-        )
-        .await;
-    assert_eq!(st, 200);
+    let pid = start_pid(&mut s).await;
+    assert_eq!(signal(&e, pid, "SIGNAL_SIGKILL").await, 200);
     let end = end_of(&s.collect().await);
     assert_eq!(end["exitCode"], -1);
     assert_eq!(end["status"], "signal: killed");
@@ -320,10 +317,7 @@ async fn timeout_header_kills_the_process_and_ends_with_deadline_exceeded() {
             &[("connect-timeout-ms", "500")],
         )
         .await;
-    let Some(Frame::Msg(start)) = s.next().await else {
-        panic!("start")
-    };
-    let pid = start["event"]["start"]["pid"].as_u64().unwrap();
+    let pid = start_pid(&mut s).await;
     let rest = s.collect().await;
     let Some(Frame::End(eos)) = rest.last() else {
         panic!("EOS")
@@ -387,10 +381,7 @@ async fn pty_runs_under_a_terminal_and_resizes() {
     let req = json!({"process": {"cmd": "/bin/bash", "args": ["-i"], "envs": {"TERM": "xterm", "PS1": "$ "}},
         "pty": {"size": {"cols": 80, "rows": 24}}});
     let mut s = e.stream("process.Process/Start", req, &[]).await;
-    let Some(Frame::Msg(start)) = s.next().await else {
-        panic!("start")
-    };
-    let pid = start["event"]["start"]["pid"].as_u64().unwrap();
+    let pid = start_pid(&mut s).await;
     let (st, _) = e
         .unary(
             "process.Process/Update",
@@ -425,10 +416,7 @@ async fn resize_of_non_pty_is_internal() {
     let mut s = e
         .stream("process.Process/Start", bash("sleep 5"), &[])
         .await;
-    let Some(Frame::Msg(start)) = s.next().await else {
-        panic!("start")
-    };
-    let pid = start["event"]["start"]["pid"].as_u64().unwrap();
+    let pid = start_pid(&mut s).await;
     let (st, body) = e
         .unary(
             "process.Process/Update",
@@ -485,10 +473,7 @@ async fn stream_input_feeds_stdin() {
             &[],
         )
         .await;
-    let Some(Frame::Msg(start)) = s.next().await else {
-        panic!("start")
-    };
-    let pid = start["event"]["start"]["pid"].as_u64().unwrap();
+    let pid = start_pid(&mut s).await;
     let mut body = envelope(
         0,
         json!({"start": {"process": {"pid": pid}}})

@@ -32,13 +32,7 @@ async fn bad_json_is_invalid_argument_and_server_keeps_serving() {
     assert_eq!(res.status().as_u16(), 400);
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["code"], "invalid_argument");
-    let res = e
-        .http
-        .get(format!("{}/health", e.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status().as_u16(), 204);
+    assert_eq!(e.health().await, 204);
 }
 
 #[tokio::test]
@@ -68,13 +62,7 @@ async fn access_token_is_enforced_after_init() {
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["A"], "1");
     // health stays open
-    let res = e
-        .http
-        .get(format!("{}/health", e.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status().as_u16(), 204);
+    assert_eq!(e.health().await, 204);
 }
 
 #[tokio::test]
@@ -99,13 +87,7 @@ async fn malformed_envelope_is_an_error_and_server_keeps_serving() {
         "a truncated envelope must fail: {status} {text}"
     );
     assert!(!text.contains("\"start\""), "no process may start: {text}");
-    let res = e
-        .http
-        .get(format!("{}/health", e.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status().as_u16(), 204);
+    assert_eq!(e.health().await, 204);
 }
 
 #[tokio::test]
@@ -122,13 +104,7 @@ async fn oversized_message_is_refused() {
         status == 429 || status == 413 || status == 400,
         "status {status}: {body}"
     );
-    let res = e
-        .http
-        .get(format!("{}/health", e.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status().as_u16(), 204);
+    assert_eq!(e.health().await, 204);
 }
 
 #[tokio::test]

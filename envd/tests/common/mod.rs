@@ -55,6 +55,17 @@ impl TestEnvd {
         self.dir.path().join(rel).display().to_string()
     }
 
+    /// Status of `GET /health` (204 while envd serves).
+    pub async fn health(&self) -> u16 {
+        let res = self
+            .http
+            .get(format!("{}/health", self.base))
+            .send()
+            .await
+            .unwrap();
+        res.status().as_u16()
+    }
+
     /// Unary Connect call with a JSON body. Returns (HTTP status, JSON body).
     pub async fn unary(&self, method: &str, body: Value) -> (u16, Value) {
         self.unary_with(method, body, &[]).await
