@@ -59,7 +59,7 @@ pub fn app_with(config: Arc<EnvdConfig>, sandbox: Sandbox, is_init: bool) -> axu
 async fn version_header(mut res: axum::response::Response) -> axum::response::Response {
     res.headers_mut().insert(
         "x-envd-version",
-        http::HeaderValue::from_static(crate::ENVD_VERSION),
+        ::http::HeaderValue::from_static(crate::ENVD_VERSION),
     );
     res
 }

@@ -5,8 +5,6 @@ pub mod files;
 pub mod metrics;
 pub mod signing;
 
-pub use ::http::HeaderValue;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 

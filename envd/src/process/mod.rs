@@ -22,7 +22,7 @@ use connectrpc::{
 use envd_protocol::process::__buffa::oneof::process_event::data_event::Output as WireOutput;
 use envd_protocol::process::__buffa::oneof::process_input::Input as WireInput;
 use envd_protocol::process::__buffa::oneof::stream_input_request::Event as InputEvent;
-use envd_protocol::process::process_event::{DataEvent, EndEvent, KeepAlive, StartEvent};
+use envd_protocol::process::process_event::{DataEvent, KeepAlive, StartEvent};
 use envd_protocol::process::*;
 use futures::StreamExt as _;
 
@@ -379,7 +379,3 @@ impl Process for ProcessService {
         Ok(CloseStdinResponse::default().into())
     }
 }
-
-// EndEvent is re-exported for tests that build expected values.
-#[doc(hidden)]
-pub type WireEndEvent = EndEvent;

@@ -1,6 +1,6 @@
 //! Non-blocking I/O on a PTY master through tokio's reactor.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 
 use tokio::io::unix::AsyncFd;
 
@@ -52,10 +52,5 @@ impl PtyMaster {
     /// Sets the terminal size.
     pub fn resize(&self, cols: u16, rows: u16) -> std::io::Result<()> {
         super::spawn::resize(self.fd.get_ref(), cols, rows)
-    }
-
-    /// Raw descriptor (diagnostics only).
-    pub fn raw_fd(&self) -> i32 {
-        self.fd.get_ref().as_raw_fd()
     }
 }
