@@ -214,26 +214,28 @@ pub async fn connect(
         addr,
         source,
     };
-    let std_stream =
-        tokio::task::spawn_blocking(move || -> std::io::Result<std::net::TcpStream> {
+    // A dedicated thread enters the namespace and is then discarded; a
+    // blocking-pool thread would be reused and stay in the wrong namespace.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let connected = (|| -> std::io::Result<std::net::TcpStream> {
             let ns = std::fs::File::open(&path)?;
-            // Runs on a throwaway thread: std::thread keeps blocking-pool threads
-            // for reuse, so enter the namespace on a dedicated thread instead.
-            std::thread::scope(|s| {
-                s.spawn(|| {
-                    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
-                        .map_err(std::io::Error::from)?;
-                    let stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
-                    stream.set_nonblocking(true)?;
-                    stream.set_nodelay(true)?;
-                    Ok(stream)
-                })
-                .join()
-                .unwrap_or_else(|_| Err(std::io::Error::other("connect thread panicked")))
-            })
-        })
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(std::io::Error::from)?;
+            let stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+            stream.set_nonblocking(true)?;
+            stream.set_nodelay(true)?;
+            Ok(stream)
+        })();
+        let _ = tx.send(connected);
+    });
+    let std_stream = rx
         .await
-        .map_err(|e| err(std::io::Error::other(e)))?
+        .map_err(|_| {
+            err(std::io::Error::other(
+                "connect thread ended without an answer",
+            ))
+        })?
         .map_err(err.clone())?;
     tokio::net::TcpStream::from_std(std_stream).map_err(err)
 }

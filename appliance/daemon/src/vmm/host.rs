@@ -165,7 +165,8 @@ pub fn spawn_vmm(
     cmd.spawn().map_err(spawn_err)
 }
 
-/// Kills a VMM's whole process group and waits briefly for it to go.
+/// Kills a VMM's whole process group (SIGKILL); callers that need it gone
+/// wait on the child or poll `/proc`.
 pub fn kill_group(pid: u32) {
     let Ok(raw) = i32::try_from(pid) else { return };
     let _ = nix::sys::signal::killpg(
