@@ -8,7 +8,13 @@
 //! strings, base64 bytes), which is what the SDKs speak.
 //!
 //! This crate owns no behaviour; the daemon in `envd` implements the traits.
+//! [`signing`] is here because both ends need it: envd checks signed `/files`
+//! URLs, and the appliance's proxy routes header-less ones by signature.
 
-#![allow(missing_docs, clippy::all)]
+pub mod signing;
 
-connectrpc::include_generated!();
+#[allow(missing_docs, clippy::all)]
+mod generated {
+    connectrpc::include_generated!();
+}
+pub use generated::*;

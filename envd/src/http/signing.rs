@@ -6,15 +6,9 @@
 //! checks that signature; `http::files` calls [`verify`] before touching the
 //! filesystem. It owns no state and does no IO.
 //!
-//! ```text
-//! signature = "v1_" + base64_std_nopad(sha256("<path>:<op>:<user>:<token>" [":<expiration>"]))
-//! ```
-//!
-//! `path` is the `path` query exactly as sent (not resolved), `op` is
-//! `read` or `write`, `user` the `username` query or empty.
+//! The signature itself is defined in `envd_protocol::signing` (the proxy
+//! computes it too).
 
-use base64::Engine as _;
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 /// Why a `/files` request is not authorised. Every variant is a 401 except
@@ -39,24 +33,7 @@ pub enum Error {
     InvalidExpiration(String),
 }
 
-/// Which way the file moves; part of the signed string.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Operation {
-    /// `GET /files`.
-    Read,
-    /// `POST /files`.
-    Write,
-}
-
-impl Operation {
-    /// The word that goes into the signed string.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Operation::Read => "read",
-            Operation::Write => "write",
-        }
-    }
-}
+pub use envd_protocol::signing::{Operation, signature};
 
 /// The request fields that take part in the check, as they arrived.
 #[derive(Debug, Clone, Copy, Default)]
@@ -71,26 +48,6 @@ pub struct Presented<'a> {
     pub signature: Option<&'a str>,
     /// `signature_expiration` query (unix seconds), unparsed.
     pub expiration: Option<&'a str>,
-}
-
-/// Computes the signature the SDK attaches for this request.
-pub fn signature(
-    path: &str,
-    op: Operation,
-    username: &str,
-    token: &str,
-    expiration: Option<i64>,
-) -> String {
-    let mut material = format!("{path}:{}:{username}:{token}", op.as_str());
-    if let Some(exp) = expiration {
-        material.push(':');
-        material.push_str(&exp.to_string());
-    }
-    let digest = Sha256::digest(material.as_bytes());
-    format!(
-        "v1_{}",
-        base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest)
-    )
 }
 
 /// Checks a `/files` request against the sandbox token, the way E2B's envd
@@ -131,25 +88,6 @@ pub fn verify(token: &str, req: &Presented<'_>, op: Operation, now: i64) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    // Vectors computed independently (Python hashlib + base64, padding stripped).
-    #[test]
-    fn known_vectors() {
-        assert_eq!(
-            signature("/home/user/x.txt", Operation::Read, "user", "tok", None),
-            "v1_e2BBOgM4haB3ys0snmIMfZAzh2ht0OZJ2fFzqcFxyFI"
-        );
-        assert_eq!(
-            signature(
-                "/home/user/x.txt",
-                Operation::Write,
-                "",
-                "tok",
-                Some(1_700_000_000)
-            ),
-            "v1_d6Ut1hCx1XYrw9DHraMCG64f4OnL3zxT9gDRktQ1mvY"
-        );
-    }
 
     #[test]
     fn verification_order() {
