@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::resources::{MemoryMib, Vcpus};
+use crate::yaml::{self, YamlError};
 
 /// The only config file version this build understands.
 pub const CONFIG_VERSION: u32 = 1;
@@ -24,19 +25,8 @@ pub const CONFIG_VERSION: u32 = 1;
 pub enum ConfigError {
     /// The YAML could not be parsed into the model (syntax, unknown key,
     /// wrong type or a value out of range).
-    #[error("{file}:{line}:{column}: invalid config at `{field}`: {message}")]
-    Parse {
-        /// The file the text came from.
-        file: PathBuf,
-        /// 1-based line of the offending value (0 when unknown).
-        line: usize,
-        /// 1-based column of the offending value (0 when unknown).
-        column: usize,
-        /// Dotted path of the key, `.` for the document itself.
-        field: String,
-        /// What was wrong, as the YAML parser put it.
-        message: String,
-    },
+    #[error(transparent)]
+    Parse(#[from] YamlError),
     /// The file parsed but breaks a cross-field rule.
     #[error("{file}: invalid config")]
     Invalid {
@@ -137,23 +127,7 @@ impl DaemonConfig {
     /// Parses `text` (the contents of `file`) and validates the result. An
     /// empty or comment-only document yields the defaults.
     pub fn from_yaml(file: &Path, text: &str) -> Result<Self, ConfigError> {
-        let config = if is_blank_yaml(text) {
-            Self::default()
-        } else {
-            let de = serde_norway::Deserializer::from_str(text);
-            serde_path_to_error::deserialize(de).map_err(|e| {
-                let field = e.path().to_string();
-                let inner = e.into_inner();
-                let (line, column) = inner.location().map_or((0, 0), |l| (l.line(), l.column()));
-                ConfigError::Parse {
-                    file: file.to_path_buf(),
-                    line,
-                    column,
-                    field,
-                    message: strip_location(&inner.to_string()),
-                }
-            })?
-        };
+        let config: Self = yaml::parse(file, text)?.unwrap_or_default();
         config.validate().map_err(|source| ConfigError::Invalid {
             file: file.to_path_buf(),
             source,
@@ -180,22 +154,6 @@ impl DaemonConfig {
             return Err(ValidationError::CloudHypervisorWithoutKvm);
         }
         self.limits.validate()
-    }
-}
-
-fn is_blank_yaml(text: &str) -> bool {
-    text.lines().all(|l| {
-        let l = l.trim();
-        l.is_empty() || l.starts_with('#') || l == "---"
-    })
-}
-
-/// serde_norway appends " at line L column C" to messages; we report the
-/// location in its own fields.
-fn strip_location(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(i) => message[..i].to_string(),
-        None => message.to_string(),
     }
 }
 
@@ -509,13 +467,13 @@ mod tests {
     #[test]
     fn unknown_key_names_file_line_and_field() {
         let err = parse("version: 1\nlimits:\n  max_sandboxes: 3\n  max_sandbox: 4\n").unwrap_err();
-        let ConfigError::Parse {
+        let ConfigError::Parse(YamlError {
             file,
             line,
             field,
             message,
             ..
-        } = &err
+        }) = &err
         else {
             panic!("{err:?}")
         };
@@ -529,12 +487,12 @@ mod tests {
     #[test]
     fn bad_value_names_its_field() {
         let err = parse("limits:\n  default_vcpus: 12\n").unwrap_err();
-        let ConfigError::Parse {
+        let ConfigError::Parse(YamlError {
             line,
             field,
             message,
             ..
-        } = &err
+        }) = &err
         else {
             panic!("{err:?}")
         };
@@ -543,16 +501,20 @@ mod tests {
         assert!(message.contains("between 1 and 8"), "{message}");
 
         let err = parse("vm:\n  driver: firecracker\n").unwrap_err();
-        assert!(matches!(&err, ConfigError::Parse { field, line: 2, .. } if field == "vm.driver"));
+        assert!(
+            matches!(&err, ConfigError::Parse(YamlError { field, line: 2, .. }) if field == "vm.driver")
+        );
         let err = parse("version: 2\n").unwrap_err();
         assert!(
             err.to_string().contains("unsupported config version 2"),
             "{err}"
         );
         let err = parse("domain: \"bad domain\"\n").unwrap_err();
-        assert!(matches!(&err, ConfigError::Parse { field, .. } if field == "domain"));
+        assert!(matches!(&err, ConfigError::Parse(YamlError { field, .. }) if field == "domain"));
         let err = parse("listen:\n  api: nonsense\n").unwrap_err();
-        assert!(matches!(&err, ConfigError::Parse { field, .. } if field == "listen.api"));
+        assert!(
+            matches!(&err, ConfigError::Parse(YamlError { field, .. }) if field == "listen.api")
+        );
     }
 
     #[test]

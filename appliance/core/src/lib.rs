@@ -11,9 +11,12 @@ pub mod config;
 pub mod ids;
 pub mod resources;
 pub mod sandbox;
+pub mod template;
 pub mod vm;
+pub mod yaml;
 
 pub use ids::{LifecycleId, SandboxId};
 pub use resources::{MemoryMib, Vcpus};
 pub use sandbox::{SandboxEvent, SandboxState};
+pub use template::TemplateSpec;
 pub use vm::{NetworkSpec, VmSpec};

@@ -12,5 +12,8 @@ pub mod doctor;
 pub mod keys;
 pub mod net;
 pub mod proxy;
+pub mod sandboxes;
+pub mod serve;
 pub mod store;
+pub mod templates;
 pub mod vmm;

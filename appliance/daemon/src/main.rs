@@ -17,6 +17,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the appliance: E2B REST API and sandbox proxy on one listener.
+    Serve(ServeArgs),
     /// Report which VM drivers work on this host, and why.
     Doctor {
         /// Guest kernel for the KVM probe boot (default: from the built image manifest).
@@ -39,6 +41,52 @@ enum Command {
         #[command(subcommand)]
         action: KeysAction,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Config file (default: the built-in defaults, as in config/lelantos.yaml).
+    #[arg(long, env = "LELANTOS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where state, VM disks and built images live (`data_dir`).
+    #[arg(long, env = "LELANTOS_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// REST API + sandbox proxy address (`listen.api`).
+    #[arg(long, env = "LELANTOS_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
+    /// Prometheus address (`listen.metrics`), or `none`.
+    #[arg(long, env = "LELANTOS_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
+    /// Template definitions (`templates_dir`).
+    #[arg(long, env = "LELANTOS_TEMPLATES_DIR")]
+    templates_dir: Option<PathBuf>,
+    /// A built guest image manifest (`lelantos-image build` prints its path).
+    #[arg(long, env = "LELANTOS_IMAGE_MANIFEST")]
+    image_manifest: Option<PathBuf>,
+    /// Static envd binary to build the guest image from, when no manifest is given.
+    #[arg(long, env = "LELANTOS_ENVD")]
+    envd: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    fn overrides(self) -> anyhow::Result<lelantos::serve::Overrides> {
+        let metrics_listen = match self.metrics_listen.as_deref() {
+            None => None,
+            Some("none" | "") => Some(None),
+            Some(addr) => Some(Some(addr.parse().map_err(|e| {
+                anyhow::anyhow!("--metrics-listen {addr}: {e} (or `none`)")
+            })?)),
+        };
+        Ok(lelantos::serve::Overrides {
+            config: self.config,
+            data_dir: self.data_dir,
+            listen: self.listen,
+            metrics_listen,
+            templates_dir: self.templates_dir,
+            image_manifest: self.image_manifest,
+            envd: self.envd,
+        })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -70,6 +118,7 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
+        Command::Serve(args) => lelantos::serve::run(args.overrides()?).await?,
         Command::Doctor { kernel, json } => {
             let report = lelantos::doctor::run(kernel.as_deref()).await;
             if json {

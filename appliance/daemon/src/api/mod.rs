@@ -1,7 +1,8 @@
 //! The E2B-compatible REST surface (`shared/spec/e2b-protocol.md` §2).
 //!
-//! For now this holds only the wire DTOs and pure helpers; the axum routers,
-//! auth and the error→HTTP table come next. Rules the DTOs encode:
+//! `server` is the axum router, `auth` the `X-API-Key` check, `error` the
+//! one error→status table; the rest are wire DTOs and pure helpers. Rules
+//! the DTOs encode:
 //!
 //! - Field names are camelCase, except `allow_internet_access` (requests)
 //!   and `error_code` (error body), as the SDKs send and expect them.
@@ -13,10 +14,13 @@
 //!
 //! Nothing else in the daemon imports this module.
 
+pub mod auth;
+pub mod error;
 pub mod error_body;
 pub mod list_query;
 pub mod next_token;
 pub mod sandboxes;
+pub mod server;
 pub mod templates;
 
 pub use error_body::ErrorBody;

@@ -57,6 +57,13 @@ pub struct NewSandbox {
     /// Volumes to mount.
     #[serde(default)]
     pub volume_mounts: Option<Vec<VolumeMount>>,
+    /// vCPUs for this sandbox instead of the template's (a Lelantos
+    /// extension; the stock SDKs never send it).
+    #[serde(default)]
+    pub cpu_count: Option<u32>,
+    /// Memory in MiB instead of the template's (Lelantos extension).
+    #[serde(default, rename = "memoryMB")]
+    pub memory_mb: Option<u32>,
 }
 
 /// `POST /v2/sandboxes` body (py 2.63 / js 2.51): the same fields as

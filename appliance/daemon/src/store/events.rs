@@ -106,3 +106,20 @@ pub fn list(
         .map_err(step)?;
     Ok(rows)
 }
+
+/// Appends several events of one sandbox in one transaction (console
+/// output arrives in bursts).
+pub fn append_many(conn: &Connection, events: &[NewEvent<'_>]) -> Result<()> {
+    let Some(first) = events.first() else {
+        return Ok(());
+    };
+    let fail = |source| Error::AppendEvent {
+        sandbox_id: first.sandbox_id.to_owned(),
+        source,
+    };
+    let tx = conn.unchecked_transaction().map_err(fail)?;
+    for event in events {
+        append(&tx, event)?;
+    }
+    tx.commit().map_err(fail)
+}

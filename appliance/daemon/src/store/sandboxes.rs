@@ -405,3 +405,16 @@ pub fn delete(conn: &Connection, sandbox_id: &str) -> Result<bool> {
         })?;
     Ok(changed > 0)
 }
+
+/// Number of sandboxes per stored state.
+pub fn count_by_state(conn: &Connection) -> Result<BTreeMap<String, u64>> {
+    let mut stmt = conn
+        .prepare("SELECT state, COUNT(*) FROM sandboxes GROUP BY state")
+        .map_err(Error::QuerySandboxes)?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))
+        .map_err(Error::QuerySandboxes)?
+        .collect::<rusqlite::Result<BTreeMap<_, _>>>()
+        .map_err(Error::QuerySandboxes)?;
+    Ok(rows)
+}
