@@ -5,7 +5,13 @@
 //! by the sandbox owner) where a running sandbox lives and learns through
 //! [`Upstream::gone`] when it stops serving.
 
+mod forward;
+mod listener;
+mod reset;
 pub mod route;
+mod signed;
+
+pub use listener::{Proxy, serve};
 
 use std::future::Future;
 use std::pin::Pin;
