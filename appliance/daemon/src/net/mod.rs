@@ -240,6 +240,14 @@ pub async fn connect(
     tokio::net::TcpStream::from_std(std_stream).map_err(err)
 }
 
+/// Whether any process runs inside namespace `netns` (a VMM does while its
+/// VM lives). Unknown namespaces count as empty.
+pub async fn has_processes(netns: &str) -> bool {
+    run("ip", &["netns", "pids", netns])
+        .await
+        .is_ok_and(|out| out.split_whitespace().next().is_some())
+}
+
 /// Namespaces this layer created (by prefix), for leftover cleanup.
 pub async fn list_owned() -> Result<Vec<String>, Error> {
     let out = run("ip", &["netns", "list"]).await?;

@@ -275,7 +275,7 @@ impl Qemu {
 
     /// Cleans or adopts what a previous daemon left behind: VMs whose QEMU
     /// still runs are adopted (returned), anything else — dead VMs' dirs,
-    /// namespaces without a VM — is removed. Returns (adopted, cleaned).
+    /// empty namespaces — is removed. Returns (adopted, cleaned).
     pub async fn recover(&self) -> Result<(Vec<QemuVm>, usize), Error> {
         let mut adopted = Vec::new();
         let mut cleaned = 0;
@@ -314,7 +314,10 @@ impl Qemu {
             }
         }
         for netns in crate::net::list_owned().await.unwrap_or_default() {
-            if !live_netns.contains(&netns) {
+            // A namespace with processes inside belongs to a live VM of
+            // another daemon on this host (a second data dir, a test run):
+            // only empty ones are ours to sweep.
+            if !live_netns.contains(&netns) && !crate::net::has_processes(&netns).await {
                 let _ = VmNetwork {
                     netns,
                     egress: false,

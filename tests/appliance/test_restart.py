@@ -1,0 +1,51 @@
+"""Restarting the daemon does not touch running sandboxes: SIGTERM leaves the
+VMs running and the next start re-adopts them (runs last, see conftest). One VM."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from e2b import Sandbox, SandboxQuery, SandboxState
+
+from harness import wait_for
+from helpers import HOME, bg_sleep, has_process, list_sdk
+
+pytestmark = pytest.mark.restarts_daemon
+
+
+def test_sandbox_survives_daemon_restart(appliance, sandboxes, restart_daemon) -> None:
+    tag = uuid.uuid4().hex[:12]
+    sbx = sandboxes.create(timeout=300, metadata={"restart": tag})
+    sid = sbx.sandbox_id
+    path, content = f"{HOME}/restart-{tag}.txt", f"written before the restart {tag}\n"
+    sbx.files.write(path, content)
+    pid = bg_sleep(sbx)
+    end_before = sbx.get_info().end_at
+    # Started under a NOTIFY_SOCKET (as systemd would), the daemon said READY.
+    assert "READY=1" in appliance.notifications, appliance.notifications
+    sent_before = len(appliance.notifications)
+
+    restart_daemon()
+
+    # It told "systemd" it was stopping, and the new one that it is ready
+    # (the datagram may trail /health by a moment).
+    wait_for(lambda: "READY=1" in appliance.notifications[sent_before:], timeout=5)
+    after = appliance.notifications[sent_before:]
+    assert "STOPPING=1" in after, after
+    assert after.index("STOPPING=1") < after.index("READY=1"), after
+
+    listed = list_sdk(SandboxQuery(metadata={"restart": tag}))
+    assert [s.sandbox_id for s in listed] == [sid]
+    assert listed[0].state == SandboxState.RUNNING
+    info = Sandbox.get_info(sid)
+    assert abs((info.end_at - end_before).total_seconds()) <= 1, \
+        f"the restart must keep the sandbox's deadline: {end_before} -> {info.end_at}"
+
+    # The old handle (same envd token) still works through the new proxy.
+    assert sbx.commands.run("echo alive").stdout.strip() == "alive"
+    assert sbx.files.read(path) == content
+    assert has_process(sbx, pid, "sleep 600"), "the background process died with the daemon"
+
+    assert sbx.kill() is True
+    assert sid not in {s["sandboxID"] for s in appliance.list_all()}
