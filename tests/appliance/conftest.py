@@ -23,6 +23,7 @@ import pytest
 from e2b import Sandbox
 
 from harness import Appliance, HarnessError
+from testkit import show_log_tail
 
 _appliance: Optional[Appliance] = None
 
@@ -104,13 +105,5 @@ def sandboxes(appliance: Appliance) -> Iterator[Tracker]:
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     """On failure, show the tail of the daemon's log (the full file stays on disk)."""
     stats = terminalreporter.stats
-    if _appliance is None or not (stats.get("failed") or stats.get("error")):
-        return
-    log: Path = _appliance.log
-    try:
-        lines = log.read_text(errors="replace").splitlines()
-    except OSError:
-        return
-    terminalreporter.write_sep("=", f"lelantos log (last 200 of {len(lines)} lines): {log}")
-    for line in lines[-200:]:
-        terminalreporter.write_line(line)
+    if _appliance is not None and (stats.get("failed") or stats.get("error")):
+        show_log_tail(terminalreporter, "lelantos log", _appliance.log, 200)

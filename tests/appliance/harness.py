@@ -18,7 +18,6 @@ Inputs (environment):
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import re
@@ -26,6 +25,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -35,7 +35,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from email.message import Message
 from pathlib import Path
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
+from testkit import die_with_parent, free_port, poll_health  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 HEALTH_DEADLINE_S = 60.0
@@ -45,39 +48,8 @@ ENVD_PORT = 49983
 # Sentinel: "send this appliance's own API key".
 OWN_KEY = object()
 
-T = TypeVar("T")
-
-
 class HarnessError(Exception):
     """The appliance could not be started or stopped as the contract says."""
-
-
-def wait_for(predicate: Callable[[], T], timeout: float, interval: float = 0.2,
-             what: str = "condition") -> T:
-    """Polls `predicate` until it returns something truthy; raises at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL the daemon if the test process dies
-    without cleaning up (e.g. killed by an outer timeout). Sandbox VMs outlive
-    the daemon by design, so such a crash can leak them; `close()` is the
-    normal path."""
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 @dataclass
@@ -209,30 +181,14 @@ class Appliance:
         with open(self.log, "ab") as f:
             return subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
-                env=env, start_new_session=True, umask=0o022, preexec_fn=_die_with_parent,
+                env=env, start_new_session=True, umask=0o022, preexec_fn=die_with_parent,
             )
 
     def _wait_healthy(self) -> None:
         assert self.proc is not None
-        deadline = time.monotonic() + HEALTH_DEADLINE_S
-        last = "no answer yet"
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise HarnessError(
-                    f"lelantos serve exited with {self.proc.returncode} before /health "
-                    f"answered 200 (log: {self.log}):\n{self.log_tail(60)}")
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=2) as res:
-                    if res.status == 200:
-                        return
-                    last = f"status {res.status}"
-            except urllib.error.HTTPError as e:
-                last = f"status {e.code}"
-            except OSError as e:
-                last = repr(e)
-            time.sleep(0.1)
-        raise HarnessError(f"lelantos serve not healthy after {HEALTH_DEADLINE_S}s ({last}) "
-                           f"(log: {self.log}):\n{self.log_tail(60)}")
+        problem = poll_health(self.url + "/health", 200, self.proc, HEALTH_DEADLINE_S, 0.1)
+        if problem:
+            raise HarnessError(f"lelantos serve {problem} (log: {self.log}):\n{self.log_tail(60)}")
 
     def start(self) -> None:
         """Starts the daemon; on the first start also picks the port and makes the key."""

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from datetime import datetime, timezone
 from importlib.metadata import version as _pkg_version
-from typing import Callable, Optional, TypeVar
+from typing import Optional
 
-import pytest
 from e2b import Sandbox, SandboxQuery
 from packaging.version import Version
 
 from harness import Response
-
-T = TypeVar("T")
+from testkit import wait_until  # noqa: F401  (tests/lib, put on sys.path by harness)
 
 SDK_VERSION = Version(_pkg_version("e2b"))
 # py 2.45.x: the SDK generation that talks to /sandboxes (v1 create/connect) and
@@ -23,19 +20,6 @@ OLD_SDK = SDK_VERSION < Version("2.63")
 HOME = "/home/user"
 # How far apart two clocks on this one machine may read (request latency, rounding).
 CLOCK_SLACK_S = 10
-
-
-def wait_until(predicate: Callable[[], T], timeout: float = 5.0,
-               interval: float = 0.2, what: str = "condition") -> T:
-    """Polls `predicate` until it returns something truthy; fails at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def now() -> datetime:

@@ -8,8 +8,7 @@ import uuid
 import pytest
 from e2b import Sandbox, SandboxQuery, SandboxState
 
-from harness import wait_for
-from helpers import HOME, bg_sleep, has_process, list_sdk
+from helpers import HOME, bg_sleep, has_process, list_sdk, wait_until
 
 pytestmark = pytest.mark.restarts_daemon
 
@@ -30,7 +29,8 @@ def test_sandbox_survives_daemon_restart(appliance, sandboxes, restart_daemon) -
 
     # It told "systemd" it was stopping, and the new one that it is ready
     # (the datagram may trail /health by a moment).
-    wait_for(lambda: "READY=1" in appliance.notifications[sent_before:], timeout=5)
+    wait_until(lambda: "READY=1" in appliance.notifications[sent_before:], timeout=5,
+               what="READY=1 from the new daemon")
     after = appliance.notifications[sent_before:]
     assert "STOPPING=1" in after, after
     assert after.index("STOPPING=1") < after.index("READY=1"), after

@@ -32,26 +32,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "appliance"))
+sys.path.insert(0, str(ROOT / "tests" / "lib"))
+from testkit import pct, time_ms  # noqa: E402
 
 GUEST_ENVD = "http://169.254.0.21:49983"
 NETNS_PREFIX = "lel-"
 WARMUP = 5
 
 
-def pct(values, p):
-    values = sorted(values)
-    return values[min(len(values) - 1, round((len(values) - 1) * p))]
-
-
 def time_runs(sbx, runs: int) -> list[float]:
-    for _ in range(WARMUP):
-        sbx.commands.run("true")
-    out = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        sbx.commands.run("true")
-        out.append((time.perf_counter() - t) * 1000)
-    return out
+    return time_ms(lambda: sbx.commands.run("true"), runs, warmup=WARMUP)
 
 
 def direct_child() -> None:

@@ -9,24 +9,16 @@ Usage: python envd_bench.py <envd-binary> [runs]
 
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def pct(values, p):
-    values = sorted(values)
-    return values[min(len(values) - 1, round((len(values) - 1) * p))]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
+from testkit import free_port, pct, time_ms  # noqa: E402
 
 
 def spawn_ms(n: int, argv, env=None):
@@ -102,13 +94,7 @@ def main():
         from e2b import Sandbox
 
         sbx = Sandbox.create()
-        for _ in range(10):  # warm up connections
-            sbx.commands.run("true")
-        sdk = []
-        for _ in range(runs):
-            t = time.perf_counter()
-            sbx.commands.run("true")
-            sdk.append((time.perf_counter() - t) * 1000)
+        sdk = time_ms(lambda: sbx.commands.run("true"), runs)
         bare = spawn_ms(max(runs, 1000), ["/bin/true"])
         # What commands.run really asks for: a login shell running the command.
         # With the environment envd gives it (envd clears everything else).

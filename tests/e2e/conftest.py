@@ -12,15 +12,13 @@ Run by hand (as root, with a login user `user`):
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
-import time
+import sys
 import urllib.error
 import urllib.request
 import uuid
@@ -31,6 +29,9 @@ from typing import Iterator, Optional
 
 import pytest
 from e2b import Sandbox
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
+from testkit import die_with_parent, free_port, poll_health, show_log_tail  # noqa: E402
 
 API_KEY = "e2b_0123456789abcdef0123456789abcdef01234567"
 DEFAULT_USER = "user"
@@ -66,19 +67,6 @@ class Envd:
         assert status == 204, f"/init answered {status}: {body!r}"
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL envd if pytest dies without cleaning up
-    (e.g. killed by an outer timeout)."""
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
 def _descendants(root: int) -> list[int]:
     """PIDs of every live descendant of `root` (from /proc)."""
     children: dict[int, list[int]] = {}
@@ -101,24 +89,9 @@ def _descendants(root: int) -> list[int]:
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + HEALTH_DEADLINE_S
-    last = "no answer yet"
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"envd exited with {proc.returncode} before becoming healthy:\n"
-                        f"{log.read_text(errors='replace')}", pytrace=False)
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=1) as res:
-                if res.status == 204:
-                    return
-                last = f"status {res.status}"
-        except urllib.error.HTTPError as e:
-            last = f"status {e.code}"
-        except OSError as e:
-            last = repr(e)
-        time.sleep(0.05)
-    pytest.fail(f"envd not healthy after {HEALTH_DEADLINE_S}s ({last}):\n"
-                f"{log.read_text(errors='replace')}", pytrace=False)
+    problem = poll_health(url + "/health", 204, proc, HEALTH_DEADLINE_S)
+    if problem:
+        pytest.fail(f"envd {problem}:\n{log.read_text(errors='replace')}", pytrace=False)
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -160,14 +133,14 @@ def envd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Envd]:
     _envd_log = log
 
     for attempt in range(3):
-        port = _free_port()
+        port = free_port()
         url = f"http://127.0.0.1:{port}"
         with open(log, "wb") as f:
             proc = subprocess.Popen(
                 [binary, "--listen", f"127.0.0.1:{port}"],
                 stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
                 env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "info,envd=debug")},
-                start_new_session=True, umask=0o022, preexec_fn=_die_with_parent,
+                start_new_session=True, umask=0o022, preexec_fn=die_with_parent,
             )
         try:
             _wait_healthy(url, proc, log)
@@ -221,12 +194,5 @@ def sbx(envd: Envd) -> Sandbox:
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     """On failure, show the tail of envd's log (the full file stays on disk)."""
     stats = terminalreporter.stats
-    if _envd_log is None or not (stats.get("failed") or stats.get("error")):
-        return
-    try:
-        lines = _envd_log.read_text(errors="replace").splitlines()
-    except OSError:
-        return
-    terminalreporter.write_sep("=", f"envd log (last 150 of {len(lines)} lines): {_envd_log}")
-    for line in lines[-150:]:
-        terminalreporter.write_line(line)
+    if _envd_log is not None and (stats.get("failed") or stats.get("error")):
+        show_log_tail(terminalreporter, "envd log", _envd_log, 150)

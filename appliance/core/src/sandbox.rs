@@ -71,6 +71,39 @@ pub enum SandboxEvent {
 }
 
 impl SandboxState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [SandboxState; 9] = [
+        SandboxState::Provisioning,
+        SandboxState::Warm,
+        SandboxState::Running,
+        SandboxState::Pausing,
+        SandboxState::Paused,
+        SandboxState::Resuming,
+        SandboxState::Stopping,
+        SandboxState::Stopped,
+        SandboxState::Failed,
+    ];
+
+    /// The stored name (the serde name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxState::Provisioning => "provisioning",
+            SandboxState::Warm => "warm",
+            SandboxState::Running => "running",
+            SandboxState::Pausing => "pausing",
+            SandboxState::Paused => "paused",
+            SandboxState::Resuming => "resuming",
+            SandboxState::Stopping => "stopping",
+            SandboxState::Stopped => "stopped",
+            SandboxState::Failed => "failed",
+        }
+    }
+
+    /// Parses [`SandboxState::as_str`] output.
+    pub fn parse(name: &str) -> Option<SandboxState> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
     /// The state after `event`, or `None` when `event` is not legal now.
     pub fn on(self, event: SandboxEvent) -> Option<SandboxState> {
         use SandboxEvent as E;
@@ -213,17 +246,7 @@ impl SandboxState {
 mod tests {
     use super::*;
 
-    const STATES: [SandboxState; 9] = [
-        SandboxState::Provisioning,
-        SandboxState::Warm,
-        SandboxState::Running,
-        SandboxState::Pausing,
-        SandboxState::Paused,
-        SandboxState::Resuming,
-        SandboxState::Stopping,
-        SandboxState::Stopped,
-        SandboxState::Failed,
-    ];
+    const STATES: [SandboxState; 9] = SandboxState::ALL;
     const EVENTS: [SandboxEvent; 10] = [
         SandboxEvent::ReadyForPool,
         SandboxEvent::Ready,
@@ -286,6 +309,14 @@ mod tests {
     #[test]
     fn api_shows_only_running_and_paused() {
         let shown: Vec<_> = STATES.iter().filter_map(|s| s.api_state()).collect();
+        for s in STATES {
+            // The stored name is the serde name, and parses back.
+            assert_eq!(
+                serde_json::to_value(s).unwrap(),
+                serde_json::json!(s.as_str())
+            );
+            assert_eq!(SandboxState::parse(s.as_str()), Some(s));
+        }
         assert!(shown.iter().all(|s| *s == "running" || *s == "paused"));
     }
 }

@@ -232,6 +232,15 @@ async fn start() -> Harness {
     }
 }
 
+/// A proxy with one sandbox `id` (epoch 1, no token) whose envd port is a
+/// fresh test guest; the guest lives as long as the returned handle.
+async fn start_with_envd(id: &str) -> (Harness, Guest) {
+    let h = start().await;
+    let envd = spawn_guest("envd").await;
+    h.add(id, 1, &[(ENVD, envd.addr)], None);
+    (h, envd)
+}
+
 impl Harness {
     /// Registers a running sandbox; returns its `gone` token.
     fn add(
@@ -467,9 +476,7 @@ async fn routes_by_header_and_by_host_name() {
 
 #[tokio::test]
 async fn unknown_sandbox_closed_port_and_bad_port() {
-    let h = start().await;
-    let envd = spawn_guest("envd").await;
-    h.add("s1", 1, &[(ENVD, envd.addr)], None);
+    let (h, _envd) = start_with_envd("s1").await;
 
     let r = send(h.addr, "GET", "/health", &[("e2b-sandbox-id", "nope")], "").await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);
@@ -503,9 +510,7 @@ async fn unknown_sandbox_closed_port_and_bad_port() {
 
 #[tokio::test]
 async fn chunked_request_and_response_stream_through() {
-    let h = start().await;
-    let envd = spawn_guest("envd").await;
-    h.add("s1", 1, &[(ENVD, envd.addr)], None);
+    let (h, _envd) = start_with_envd("s1").await;
 
     let mut c = TcpStream::connect(h.addr).await.unwrap();
     c.write_all(
@@ -527,9 +532,7 @@ async fn chunked_request_and_response_stream_through() {
 
 #[tokio::test]
 async fn first_chunk_arrives_before_the_stream_ends() {
-    let h = start().await;
-    let envd = spawn_guest("envd").await;
-    h.add("s1", 1, &[(ENVD, envd.addr)], None);
+    let (h, envd) = start_with_envd("s1").await;
 
     let mut sender = connect(h.addr).await;
     let req = http::Request::get("/stream")
@@ -676,9 +679,7 @@ async fn signed_files_urls_route_by_signature() {
 
 #[tokio::test]
 async fn new_epoch_never_reuses_pooled_connections() {
-    let h = start().await;
-    let envd = spawn_guest("envd").await;
-    h.add("s1", 1, &[(ENVD, envd.addr)], None);
+    let (h, envd) = start_with_envd("s1").await;
     let hdrs = [("e2b-sandbox-id", "s1")];
     let conn_of = |r: Reply| r.json()["conn"].as_u64().unwrap();
 
@@ -707,9 +708,7 @@ async fn new_epoch_never_reuses_pooled_connections() {
 
 #[tokio::test]
 async fn shutdown_waits_for_grace_then_closes() {
-    let h = start().await;
-    let envd = spawn_guest("envd").await;
-    h.add("s1", 1, &[(ENVD, envd.addr)], None);
+    let (h, _envd) = start_with_envd("s1").await;
 
     let mut c = TcpStream::connect(h.addr).await.unwrap();
     c.write_all(b"GET /stream HTTP/1.1\r\nhost: 127.0.0.1\r\ne2b-sandbox-id: s1\r\n\r\n")

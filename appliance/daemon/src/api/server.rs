@@ -52,8 +52,8 @@ pub fn router(state: ApiState, keys: KeyStore) -> Router {
         .route("/sandboxes/{id}", get(get_one).delete(kill))
         .route("/sandboxes/{id}/timeout", post(set_timeout))
         .route("/sandboxes/{id}/refreshes", post(refresh))
-        .route("/sandboxes/{id}/connect", post(connect_v1))
-        .route("/v2/sandboxes/{id}/connect", post(connect_v2))
+        .route("/sandboxes/{id}/connect", post(connect))
+        .route("/v2/sandboxes/{id}/connect", post(connect))
         .route("/sandboxes/{id}/pause", post(pause))
         .route("/sandboxes/{id}/resume", post(resume))
         .route("/sandboxes/{id}/logs", get(logs_v1))
@@ -303,23 +303,16 @@ impl ApiState {
     }
 }
 
-async fn connect_v1(
+/// `POST /sandboxes/{id}/connect` and `/v2/...`: v1 always sends
+/// `timeout`, v2 only when set. v2's `memory: false` (on_resume="reboot")
+/// would need a cold boot from the disk; an in-RAM pause always keeps
+/// memory, so both resume the same way.
+async fn connect(
     State(s): State<ApiState>,
     Path(id): Path<String>,
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
     let req: ConnectRequestV2 = body(&bytes)?;
-    s.connect(&id, req.timeout).await
-}
-
-async fn connect_v2(
-    State(s): State<ApiState>,
-    Path(id): Path<String>,
-    bytes: Bytes,
-) -> Result<Response, ApiError> {
-    let req: ConnectRequestV2 = body(&bytes)?;
-    // `memory: false` (on_resume="reboot") would need a cold boot from the
-    // disk; an in-RAM pause always keeps memory, so it resumes the same way.
     s.connect(&id, req.timeout).await
 }
 

@@ -352,25 +352,22 @@ impl Sandboxes {
 
     /// Extends a running sandbox, or resumes a paused one.
     pub async fn connect(&self, id: &str, timeout_s: u64) -> Result<Connected, Error> {
-        let timeout_s = check_timeout(timeout_s, &self.inner.settings.limits)?;
-        self.ask(id, |reply| Command::Connect {
-            timeout_s,
-            running_ok: true,
-            reply,
-        })
-        .await?
+        self.wake(id, timeout_s, true).await
     }
 
     /// Resumes a paused sandbox (the deprecated `/resume`: 409 when running).
     pub async fn resume(&self, id: &str, timeout_s: u64) -> Result<SandboxRow, Error> {
+        self.wake(id, timeout_s, false).await.map(|c| c.row)
+    }
+
+    async fn wake(&self, id: &str, timeout_s: u64, running_ok: bool) -> Result<Connected, Error> {
         let timeout_s = check_timeout(timeout_s, &self.inner.settings.limits)?;
         self.ask(id, |reply| Command::Connect {
             timeout_s,
-            running_ok: false,
+            running_ok,
             reply,
         })
         .await?
-        .map(|c| c.row)
     }
 
     /// Sets the expiry to `timeout_s` from now (may shorten).
@@ -479,46 +476,24 @@ impl Directory for Sandboxes {
     }
 }
 
-/// The stored name of a state (the serde name core gives it).
+/// The stored name of a state.
 pub fn state_name(state: SandboxState) -> &'static str {
-    match state {
-        SandboxState::Provisioning => "provisioning",
-        SandboxState::Warm => "warm",
-        SandboxState::Running => "running",
-        SandboxState::Pausing => "pausing",
-        SandboxState::Paused => "paused",
-        SandboxState::Resuming => "resuming",
-        SandboxState::Stopping => "stopping",
-        SandboxState::Stopped => "stopped",
-        SandboxState::Failed => "failed",
-    }
+    state.as_str()
 }
 
 /// Parses a stored state name.
 pub fn parse_state(name: &str) -> Option<SandboxState> {
-    serde_json::from_value(serde_json::Value::String(name.to_owned())).ok()
+    SandboxState::parse(name)
 }
 
 /// The stored states that show as `api` (`running` / `paused`) in the API.
 pub fn states_shown_as(api: &str) -> Vec<String> {
-    ALL_STATES
+    SandboxState::ALL
         .iter()
         .filter(|s| s.api_state() == Some(api))
-        .map(|s| state_name(*s).to_owned())
+        .map(|s| s.as_str().to_owned())
         .collect()
 }
-
-const ALL_STATES: [SandboxState; 9] = [
-    SandboxState::Provisioning,
-    SandboxState::Warm,
-    SandboxState::Running,
-    SandboxState::Pausing,
-    SandboxState::Paused,
-    SandboxState::Resuming,
-    SandboxState::Stopping,
-    SandboxState::Stopped,
-    SandboxState::Failed,
-];
 
 fn visible(row: &SandboxRow) -> bool {
     parse_state(&row.state)

@@ -21,18 +21,11 @@ pub(super) async fn run(owner: &Sandboxes) -> Result<String, Error> {
     let qemu = owner.inner().qemu().clone();
     let (vms, cleaned) = qemu.recover().await?;
     let mut vms: HashMap<String, QemuVm> = vms.into_iter().map(|vm| (vm.id.clone(), vm)).collect();
-    let active: Vec<String> = [
-        SandboxState::Provisioning,
-        SandboxState::Warm,
-        SandboxState::Running,
-        SandboxState::Pausing,
-        SandboxState::Paused,
-        SandboxState::Resuming,
-        SandboxState::Stopping,
-    ]
-    .iter()
-    .map(|s| state_name(*s).to_owned())
-    .collect();
+    let active: Vec<String> = SandboxState::ALL
+        .iter()
+        .filter(|s| !s.is_terminal())
+        .map(|s| s.as_str().to_owned())
+        .collect();
     let rows = owner
         .with_store(|s| {
             store::sandboxes::list(
@@ -86,19 +79,11 @@ pub(super) async fn run(owner: &Sandboxes) -> Result<String, Error> {
                     }
                 }
             }
-            (Some(SandboxState::Stopping), Some(mut vm)) => {
+            (Some(SandboxState::Stopping), vm) => {
                 // A kill was in progress: finish it.
-                let _ = qemu.shutdown(&mut vm).await;
-                stopped += 1;
-                record(
-                    owner,
-                    &row,
-                    SandboxState::Stopped,
-                    "stop finished after a daemon restart",
-                )?;
-                continue;
-            }
-            (Some(SandboxState::Stopping), None) => {
+                if let Some(mut vm) = vm {
+                    let _ = qemu.shutdown(&mut vm).await;
+                }
                 stopped += 1;
                 record(
                     owner,
