@@ -176,8 +176,13 @@ class Appliance:
             "--templates-dir", str(self.templates_dir),
             "--image-manifest", self.manifest,
         ]
+        # systemd names the watched process in WATCHDOG_PID; the shell's pid
+        # is the daemon's after `exec`.
+        argv = ["sh", "-c", 'WATCHDOG_PID=$$ exec "$0" "$@"', *argv]
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "info"),
-               "NOTIFY_SOCKET": self._notify_socket()}
+               "NOTIFY_SOCKET": self._notify_socket(),
+               # systemd's watchdog contract: ping at least every 2 s.
+               "WATCHDOG_USEC": "2000000"}
         with open(self.log, "ab") as f:
             return subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,

@@ -162,3 +162,22 @@ def test_unknown_sandbox(appliance) -> None:
 
     # envd traffic for an unknown sandbox: the proxy's 502 "not found".
     assert_not_found_on_envd(appliance.envd(sid, "GET", "/health"))
+
+
+def test_resources_per_create_override(appliance, sandboxes) -> None:
+    """`cpuCount`/`memoryMB` in the create body (a Lelantos extension the stock
+    SDK never sends) override the template's 1 vCPU / 512 MiB, within limits."""
+    res = appliance.api("POST", "/v2/sandboxes",
+                        {"templateID": "base", "cpuCount": 2, "memoryMB": 256, "timeout": 120})
+    assert res.status == 201, res
+    sid = sandboxes.track(res.json()["sandboxID"])
+    detail = appliance.api("GET", f"/sandboxes/{sid}").json()
+    assert (detail["cpuCount"], detail["memoryMB"]) == (2, 256), detail
+    # The guest really has them: envd's view, through the proxy.
+    sbx = Sandbox.connect(sid)
+    out = sbx.commands.run("nproc; awk '/MemTotal/ {print $2}' /proc/meminfo").stdout.split()
+    assert out[0] == "2", out
+    assert 200 * 1024 < int(out[1]) <= 256 * 1024, out
+    assert_error(appliance.api("POST", "/v2/sandboxes", {"templateID": "base", "cpuCount": 9}), 400)
+    assert_error(appliance.api("POST", "/v2/sandboxes", {"templateID": "base", "memoryMB": 100}), 400)
+    assert_error(appliance.api("POST", "/v2/sandboxes", {"templateID": "nope"}), 404)

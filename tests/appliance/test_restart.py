@@ -3,6 +3,9 @@ VMs running and the next start re-adopts them (runs last, see conftest). One VM.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import uuid
 
 import pytest
@@ -21,8 +24,10 @@ def test_sandbox_survives_daemon_restart(appliance, sandboxes, restart_daemon) -
     sbx.files.write(path, content)
     pid = bg_sleep(sbx)
     end_before = sbx.get_info().end_at
-    # Started under a NOTIFY_SOCKET (as systemd would), the daemon said READY.
+    # Started under a NOTIFY_SOCKET and WATCHDOG_USEC (as systemd would), the
+    # daemon said READY and keeps feeding the watchdog.
     assert "READY=1" in appliance.notifications, appliance.notifications
+    wait_until(lambda: "WATCHDOG=1" in appliance.notifications, timeout=5, what="a watchdog ping")
     sent_before = len(appliance.notifications)
 
     restart_daemon()
@@ -49,3 +54,31 @@ def test_sandbox_survives_daemon_restart(appliance, sandboxes, restart_daemon) -
 
     assert sbx.kill() is True
     assert sid not in {s["sandboxID"] for s in appliance.list_all()}
+
+
+def test_a_vm_that_died_while_the_daemon_was_down_is_failed_with_a_reason(
+        appliance, sandboxes, restart_daemon) -> None:
+    """Nothing disappears silently: the row is marked failed, its logs say why,
+    and what the VM held on the host (directory, namespace) is cleaned up."""
+    sbx = sandboxes.create(timeout=300)
+    sid = sbx.sandbox_id
+    appliance.stop()
+    # The guest's kernel command line names the sandbox (envd.hostname=<id>).
+    out = subprocess.run(["pgrep", "-f", f"envd.hostname={sid}"], capture_output=True, text=True)
+    pids = [int(p) for p in out.stdout.split()]
+    assert len(pids) == 1, f"expected one VMM for {sid}: {out.stdout!r}"
+    os.kill(pids[0], signal.SIGKILL)
+    wait_until(lambda: not os.path.exists(f"/proc/{pids[0]}"), timeout=10, what="the VMM to exit")
+    appliance.proc = None
+    appliance.start()
+
+    assert appliance.api("GET", f"/sandboxes/{sid}").status == 404
+    assert sid not in {s["sandboxID"] for s in appliance.list_all()}
+    logs = appliance.api("GET", f"/v2/sandboxes/{sid}/logs").json()["logs"]
+    failed = [e for e in logs if e["fields"].get("event") == "failed"]
+    assert failed and "gone" in failed[-1]["message"], logs[-5:]
+    assert failed[-1]["level"] == "error", failed[-1]
+    # Its VM directory and network namespace are gone; live sandboxes keep theirs.
+    live = len(appliance.list_all())
+    vm_dirs = os.listdir(appliance.data_dir / "vms")
+    assert len(vm_dirs) == live, (vm_dirs, live)

@@ -237,6 +237,11 @@ async fn a_failed_boot_is_a_500_with_the_reason_and_no_leftover() {
     );
     let (_, list) = api.authed("GET", "/v2/sandboxes", None).await;
     assert_eq!(list, json!([]));
+    // The VM layer released what it had taken (directory, and with it the
+    // namespace it records) before the error came back.
+    let vms = api._dir.path().join("data/vms");
+    let left: Vec<_> = std::fs::read_dir(&vms).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[tokio::test]

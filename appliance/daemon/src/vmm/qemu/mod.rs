@@ -264,13 +264,16 @@ impl Qemu {
     async fn prepare(&self, spec: &VmSpec) -> Result<(VmDir, VmNetwork), Error> {
         let id = spec.lifecycle_id.as_str();
         let dir = VmDir::create(&self.config.vm_root, id)?;
-        let net = VmNetwork::create(id, spec.network.egress)
-            .await
-            .map_err(|source| Error::Network {
-                vm: id.to_owned(),
-                source,
-            })?;
-        Ok((dir, net))
+        match VmNetwork::create(id, spec.network.egress).await {
+            Ok(net) => Ok((dir, net)),
+            Err(source) => {
+                let _ = dir.remove();
+                Err(Error::Network {
+                    vm: id.to_owned(),
+                    source,
+                })
+            }
+        }
     }
 
     /// Cleans or adopts what a previous daemon left behind: VMs whose QEMU
@@ -402,7 +405,15 @@ impl VmBackend for Qemu {
     async fn create(&self, spec: &VmSpec) -> Result<QemuVm, Error> {
         let id = spec.lifecycle_id.as_str();
         let (dir, net) = self.prepare(spec).await?;
-        host::create_overlay(&spec.rootfs, "raw", &dir.disk(), id).await?;
+        // Whatever fails from here on releases the namespace and directory.
+        let release = async |e: Error| {
+            let _ = net.destroy().await;
+            let _ = dir.remove();
+            e
+        };
+        if let Err(e) = host::create_overlay(&spec.rootfs, "raw", &dir.disk(), id).await {
+            return Err(release(e).await);
+        }
         let meta = SnapshotMeta {
             driver: NAME.to_owned(),
             accel: self.config.accel.as_str().to_owned(),
@@ -424,11 +435,7 @@ impl VmBackend for Qemu {
             .await
         {
             Ok(vm) => Ok(vm),
-            Err(e) => {
-                let _ = net.destroy().await;
-                let _ = dir.remove();
-                Err(e)
-            }
+            Err(e) => Err(release(e).await),
         }
     }
 
