@@ -5,7 +5,7 @@ logs → kill. One VM for the whole module."""
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from e2b import (NotFoundException, Sandbox, SandboxQuery, SandboxState,
@@ -118,6 +118,12 @@ def test_full_lifecycle(appliance, sandboxes) -> None:
     v2 = appliance.api("GET", f"/v2/sandboxes/{sid}/logs")
     assert v2.status == 200, v2
     v2_text = _log_text(v2.json()["logs"])
+    # Lifecycle events merged with the guest's console output, in time order.
+    v2_logs = v2.json()["logs"]
+    sources = {e["fields"].get("source") for e in v2_logs}
+    assert {"lifecycle", "console"} <= sources, sources
+    stamps = [datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")) for e in v2_logs]
+    assert stamps == sorted(stamps), "logs are not time-ordered"
     for name, text in (("/sandboxes/{id}/logs", v1_text), ("/v2/sandboxes/{id}/logs", v2_text)):
         assert "creat" in text, f"{name} has no creation event:\n{text}"
         assert "paus" in text, f"{name} has no pause event:\n{text}"
