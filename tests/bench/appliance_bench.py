@@ -61,7 +61,28 @@ def direct_child() -> None:
                   envd_version=Version(os.environ["BENCH_ENVD_VERSION"]),
                   envd_access_token=token, traffic_access_token=None,
                   connection_config=config)
-    print(json.dumps(time_runs(sbx, int(os.environ["BENCH_RUNS"]))))
+    runs = int(os.environ["BENCH_RUNS"])
+    host, port = GUEST_ENVD.removeprefix("http://").split(":")
+    print(json.dumps({"run": time_runs(sbx, runs),
+                      "health": health_runs(host, int(port), headers, runs)}))
+
+
+def health_runs(host: str, port: int, headers: dict, runs: int) -> list[float]:
+    """`GET /health` on one kept-alive connection: the transport alone."""
+    import http.client
+
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+
+    def one() -> None:
+        conn.request("GET", "/health", headers=headers)
+        res = conn.getresponse()
+        res.read()
+        assert res.status == 204, res.status
+
+    try:
+        return time_ms(one, runs, warmup=WARMUP)
+    finally:
+        conn.close()
 
 
 def only_netns(deadline_s: float = 20) -> str:
@@ -78,7 +99,7 @@ def only_netns(deadline_s: float = 20) -> str:
     raise RuntimeError(f"want exactly one {NETNS_PREFIX}* netns, found {last}")
 
 
-def direct_runs(sbx, runs: int) -> list[float]:
+def direct_runs(sbx, runs: int) -> dict:
     ns = only_netns()
     env = {
         **os.environ,
@@ -97,6 +118,13 @@ def direct_runs(sbx, runs: int) -> list[float]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def envd_headers(sbx) -> dict:
+    headers = {"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": "49983"}
+    if sbx._envd_access_token:
+        headers["X-Access-Token"] = sbx._envd_access_token
+    return headers
+
+
 def main() -> None:
     creates = int(sys.argv[1]) if len(sys.argv) > 1 else 5
     runs = int(sys.argv[2]) if len(sys.argv) > 2 else 100
@@ -111,7 +139,7 @@ def main() -> None:
     from e2b import Sandbox
 
     create_ms, pause_ms, resume_ms, first_ms = [], [], [], []
-    direct_ms: list[float] = []
+    direct: dict = {}
     direct_note = ""
     try:
         sbx = None
@@ -125,11 +153,17 @@ def main() -> None:
                 sbx = s
         assert sbx is not None
 
-        proxy_ms = time_runs(sbx, runs)
+        # Proxy, direct, proxy again: the two proxy halves bracket the direct
+        # runs, so drift (guest caches, host load) does not favour either path.
+        half = max(1, runs // 2)
+        proxy_ms = time_runs(sbx, half)
+        proxy_health = health_runs("127.0.0.1", app.port, envd_headers(sbx), half)
         try:
-            direct_ms = direct_runs(sbx, runs)
+            direct = direct_runs(sbx, runs)
         except Exception as e:  # noqa: BLE001 - report, don't abort the bench
             direct_note = f"skipped: {e}"
+        proxy_ms += time_runs(sbx, half)
+        proxy_health += health_runs("127.0.0.1", app.port, envd_headers(sbx), half)
 
         for _ in range(creates):
             t = time.perf_counter()
@@ -156,13 +190,19 @@ def main() -> None:
         print(f"| {name} | {pct(values, 0.5):.1f} | {pct(values, 0.99):.1f} | {note} |")
 
     row("API create → envd ready: Sandbox.create (ms)", create_ms, f"{creates} runs")
-    row("commands.run('true') through the proxy (ms)", proxy_ms, f"{runs} runs")
-    if direct_ms:
-        p50, d50 = pct(proxy_ms, 0.5), pct(direct_ms, 0.5)
-        row("commands.run('true') straight to envd in the netns (ms)", direct_ms,
+    row("commands.run('true') through the proxy (ms)", proxy_ms, f"{len(proxy_ms)} runs")
+    if direct:
+        p50, d50 = pct(proxy_ms, 0.5), pct(direct["run"], 0.5)
+        row("commands.run('true') straight to envd in the netns (ms)", direct["run"],
             f"proxy/direct p50 ratio {p50 / d50:.2f}x, proxy adds {p50 - d50:.1f} ms")
     else:
         print(f"| commands.run('true') straight to envd in the netns (ms) | | | {direct_note} |")
+    row("GET /health, kept-alive connection, through the proxy (ms)", proxy_health,
+        f"{len(proxy_health)} runs")
+    if direct:
+        p50, d50 = pct(proxy_health, 0.5), pct(direct["health"], 0.5)
+        row("GET /health, kept-alive connection, straight to envd (ms)", direct["health"],
+            f"proxy/direct p50 ratio {p50 / d50:.2f}x, proxy adds {p50 - d50:.2f} ms")
     row("pause, in RAM: sbx.pause() (ms)", pause_ms, f"{creates} runs")
     row("resume: Sandbox.connect on paused (ms)", resume_ms, f"{creates} runs")
     row("resume → first commands.run('true') done (ms)", first_ms, "includes the resume")
