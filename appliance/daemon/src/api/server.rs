@@ -534,7 +534,7 @@ fn template_dto(s: &ApiState, t: &templates::Template) -> Template {
     let at = ts(t.loaded_at_ms);
     Template {
         template_id: t.spec.name.clone(),
-        build_id: build_id(t),
+        build_id: t.build_id.clone(),
         cpu_count: t.spec.resources.vcpus.map_or(1, lelantos_core::Vcpus::get),
         memory_mb: t
             .spec
@@ -556,14 +556,6 @@ fn template_dto(s: &ApiState, t: &templates::Template) -> Template {
     }
 }
 
-/// A stable build id: the image manifest a template boots names its build.
-fn build_id(t: &templates::Template) -> String {
-    t.image.manifest.file_stem().map_or_else(
-        || "builtin".to_owned(),
-        |s| s.to_string_lossy().into_owned(),
-    )
-}
-
 async fn list_templates(State(s): State<ApiState>) -> Json<Vec<Template>> {
     Json(
         s.sandboxes
@@ -578,9 +570,8 @@ async fn get_template(
     State(s): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<TemplateWithBuilds>, ApiError> {
-    let t = s
-        .sandboxes
-        .catalog()
+    let catalog = s.sandboxes.catalog();
+    let t = catalog
         .resolve(&id)
         .ok_or_else(|| ApiError::not_found(format!("template '{id}' not found")))?;
     let dto = template_dto(&s, t);
@@ -611,9 +602,8 @@ async fn delete_template(
     State(s): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let t = s
-        .sandboxes
-        .catalog()
+    let catalog = s.sandboxes.catalog();
+    let t = catalog
         .resolve(&id)
         .ok_or_else(|| ApiError::not_found(format!("template '{id}' not found")))?;
     // Definitions are files (the GitOps source of truth); deleting one behind

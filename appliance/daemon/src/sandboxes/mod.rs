@@ -146,7 +146,7 @@ pub(crate) struct Live {
 pub(crate) struct Inner {
     qemu: Qemu,
     store: Mutex<Store>,
-    catalog: Catalog,
+    catalog: RwLock<Arc<Catalog>>,
     settings: Settings,
     actors: Mutex<HashMap<String, mpsc::Sender<Command>>>,
     live: RwLock<HashMap<String, Live>>,
@@ -173,7 +173,7 @@ impl Sandboxes {
             inner: Arc::new(Inner {
                 qemu,
                 store: Mutex::new(store),
-                catalog,
+                catalog: RwLock::new(Arc::new(catalog)),
                 settings,
                 actors: Mutex::new(HashMap::new()),
                 live: RwLock::new(HashMap::new()),
@@ -188,9 +188,23 @@ impl Sandboxes {
         recover::run(self).await
     }
 
-    /// The template catalog.
-    pub fn catalog(&self) -> &Catalog {
-        &self.inner.catalog
+    /// The template catalog as it is now.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.inner
+            .catalog
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the catalog (the reconciler, after a build or a removal).
+    /// Running sandboxes keep the image they booted.
+    pub fn set_catalog(&self, catalog: Catalog) {
+        *self
+            .inner
+            .catalog
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(catalog);
     }
 
     /// The envd version sandboxes run.
@@ -218,9 +232,8 @@ impl Sandboxes {
             return Err(Error::ShuttingDown);
         }
         let limits = &self.inner.settings.limits;
-        let template = self
-            .inner
-            .catalog
+        let catalog = self.catalog();
+        let template = catalog
             .resolve(&req.template)
             .ok_or_else(|| Error::TemplateNotFound(req.template.clone()))?;
         let timeout_s = check_timeout(req.timeout_s, limits)?;

@@ -4,11 +4,13 @@
 //! Loaded once at start for now; the GitOps reconciler will own reloading
 //! (and building) it. Resolution accepts a template's id or any alias.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use lelantos_core::template::{ImageRef, TemplateError};
+use lelantos_core::template::{Base, PoolsSpec, TemplateError};
 use lelantos_core::{LifecycleId, MemoryMib, NetworkSpec, SandboxId, TemplateSpec, Vcpus, VmSpec};
+use serde::{Deserialize, Serialize};
 
 /// Why the catalog could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +118,28 @@ impl GuestImage {
     }
 }
 
+/// What a template's build leaves for every sandbox started from it:
+/// `env`/`workdir`/`user` steps become envd's defaults, `start_cmd` is
+/// started and `ready_cmd` awaited before the sandbox is handed out.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestConfig {
+    /// Environment of every process.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Default working directory.
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// Default user.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Started in the background in every new sandbox.
+    #[serde(default)]
+    pub start_cmd: Option<String>,
+    /// Polled until it exits 0 before a new sandbox is handed out.
+    #[serde(default)]
+    pub ready_cmd: Option<String>,
+}
+
 /// A template ready to start sandboxes from.
 #[derive(Debug, Clone)]
 pub struct Template {
@@ -123,10 +147,25 @@ pub struct Template {
     pub spec: TemplateSpec,
     /// The file it came from.
     pub file: PathBuf,
-    /// When it was loaded (unix ms): its "created/updated" time for the API.
+    /// When its current build was made ready (unix ms).
     pub loaded_at_ms: i64,
+    /// Id of the build serving it (content hash, or the image manifest's for
+    /// templates that need no build).
+    pub build_id: String,
     /// The image it boots.
     pub image: Arc<GuestImage>,
+    /// Defaults and commands from its build.
+    pub config: GuestConfig,
+}
+
+/// Whether a definition can be served straight from the builtin image,
+/// without a build.
+pub fn needs_build(spec: &TemplateSpec) -> bool {
+    !(spec.base == Base::Builtin
+        && spec.steps.is_empty()
+        && spec.start_cmd.is_none()
+        && spec.ready_cmd.is_none()
+        && spec.resources.disk_mib.is_none())
 }
 
 /// Every template this appliance serves.
@@ -136,46 +175,49 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// Loads every `*.yaml` in `dir`, binding `builtin` to `image`.
-    pub fn load(dir: &Path, image: Arc<GuestImage>) -> Result<Self, Error> {
-        let read = |path: &Path, source| Error::Read {
-            path: path.to_owned(),
-            source,
-        };
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(|e| read(dir, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-            .collect();
-        files.sort();
-        let now = crate::store::now_ms();
-        let mut templates: Vec<Template> = Vec::new();
-        for file in files {
-            let text = std::fs::read_to_string(&file).map_err(|e| read(&file, e))?;
-            let spec = TemplateSpec::from_yaml(&file, &text)?;
-            for name in spec.names() {
-                if let Some(other) = templates.iter().find(|t| t.spec.names().any(|n| n == name)) {
+    /// A catalog of these templates; names must be unique.
+    pub fn new(templates: Vec<Template>) -> Result<Self, Error> {
+        let mut seen: Vec<&Template> = Vec::new();
+        for t in &templates {
+            for name in t.spec.names() {
+                if let Some(other) = seen.iter().find(|o| o.spec.names().any(|n| n == name)) {
                     return Err(Error::Duplicate {
                         name: name.to_owned(),
                         first: other.file.clone(),
-                        second: file,
+                        second: t.file.clone(),
                     });
                 }
             }
-            let image = match spec.image {
-                ImageRef::Builtin => image.clone(),
-            };
+            seen.push(t);
+        }
+        Ok(Self { templates })
+    }
+
+    /// Loads every template definition in `dir` that needs no build (base
+    /// `builtin`, no steps), binding it to `image`; the others are skipped
+    /// with a warning (the reconciler builds those).
+    pub fn load(dir: &Path, image: Arc<GuestImage>) -> Result<Self, Error> {
+        let now = crate::store::now_ms();
+        let defs = read_definitions(dir)?;
+        let mut templates = Vec::new();
+        for (file, spec) in defs.templates {
+            if needs_build(&spec) {
+                tracing::warn!(template = %spec.name, file = %file.display(), "needs a build; not served until the reconciler builds it");
+                continue;
+            }
             templates.push(Template {
                 spec,
                 file,
                 loaded_at_ms: now,
-                image,
+                build_id: builtin_build_id(&image),
+                image: image.clone(),
+                config: GuestConfig::default(),
             });
         }
         if templates.is_empty() {
             return Err(Error::Empty(dir.to_owned()));
         }
-        Ok(Self { templates })
+        Self::new(templates)
     }
 
     /// The template named `name` (id or alias).
@@ -189,6 +231,67 @@ impl Catalog {
     pub fn iter(&self) -> impl Iterator<Item = &Template> {
         self.templates.iter()
     }
+}
+
+/// Everything a definitions directory declares.
+#[derive(Debug, Clone, Default)]
+pub struct Definitions {
+    /// `*.yaml` template files (all but `pools.yaml`), sorted by file name.
+    pub templates: Vec<(PathBuf, TemplateSpec)>,
+    /// `pools.yaml`, or empty.
+    pub pools: PoolsSpec,
+}
+
+/// The file holding pool sizes, next to the template files.
+pub const POOLS_FILE: &str = "pools.yaml";
+
+/// Reads and validates every definition in `dir`. Names must be unique
+/// across templates; any invalid file fails the whole read (naming it), so
+/// a broken commit never half-applies.
+pub fn read_definitions(dir: &Path) -> Result<Definitions, Error> {
+    let read = |path: &Path, source| Error::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| read(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    let mut defs = Definitions::default();
+    for file in files {
+        let text = std::fs::read_to_string(&file).map_err(|e| read(&file, e))?;
+        if file.file_name().is_some_and(|n| n == POOLS_FILE) {
+            defs.pools = PoolsSpec::from_yaml(&file, &text)?;
+            continue;
+        }
+        let spec = TemplateSpec::from_yaml(&file, &text)?;
+        for name in spec.names() {
+            if let Some((other, _)) = defs
+                .templates
+                .iter()
+                .find(|(_, t)| t.names().any(|n| n == name))
+            {
+                return Err(Error::Duplicate {
+                    name: name.to_owned(),
+                    first: other.clone(),
+                    second: file,
+                });
+            }
+        }
+        defs.templates.push((file, spec));
+    }
+    Ok(defs)
+}
+
+/// The build id of templates served straight from the builtin image: its
+/// manifest's name (content-addressed by the image builder).
+pub fn builtin_build_id(image: &GuestImage) -> String {
+    image.manifest.file_stem().map_or_else(
+        || "builtin".to_owned(),
+        |s| s.to_string_lossy().into_owned(),
+    )
 }
 
 #[cfg(test)]
