@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod builder;
 pub mod doctor;
 pub mod keys;
 pub mod net;
