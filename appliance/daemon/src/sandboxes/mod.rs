@@ -207,6 +207,48 @@ impl Sandboxes {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(catalog);
     }
 
+    /// Adds `template` to the catalog, replacing the one of the same name
+    /// (a new build). Sandboxes already running keep their image.
+    pub fn publish_template(
+        &self,
+        template: crate::templates::Template,
+    ) -> Result<(), crate::templates::Error> {
+        let mut guard = self
+            .inner
+            .catalog
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut list: Vec<_> = guard
+            .iter()
+            .filter(|t| t.spec.name != template.spec.name)
+            .cloned()
+            .collect();
+        list.push(template);
+        *guard = Arc::new(Catalog::new(list)?);
+        Ok(())
+    }
+
+    /// Removes a template from the catalog: no new sandboxes start from it;
+    /// running ones are untouched. False if it was not there.
+    pub fn withdraw_template(&self, name: &str) -> bool {
+        let mut guard = self
+            .inner
+            .catalog
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let list: Vec<_> = guard
+            .iter()
+            .filter(|t| t.spec.name != name)
+            .cloned()
+            .collect();
+        let removed = list.len() != guard.iter().count();
+        // Removing a template cannot create a name clash.
+        if let Ok(c) = Catalog::new(list) {
+            *guard = Arc::new(c);
+        }
+        removed
+    }
+
     /// The envd version sandboxes run.
     pub fn envd_version(&self) -> &str {
         &self.inner.settings.envd_version
