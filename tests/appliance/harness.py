@@ -80,6 +80,8 @@ class Appliance:
     key: str = ""        # `e2b_<hex>`, what the SDK gets
     raw_key: str = ""    # `lel_<hex>`, what the CLI printed
     proc: Optional[subprocess.Popen] = None
+    # A daemon config file (`--config`), e.g. one naming a git source.
+    config: Optional[Path] = None
     starts: int = 0
     _stopped_pids: set[int] = field(default_factory=set)
     # sd_notify messages the daemon sent (we play systemd's NOTIFY_SOCKET).
@@ -176,6 +178,8 @@ class Appliance:
             "--templates-dir", str(self.templates_dir),
             "--image-manifest", self.manifest,
         ]
+        if self.config is not None:
+            argv += ["--config", str(self.config)]
         # systemd names the watched process in WATCHDOG_PID; the shell's pid
         # is the daemon's after `exec`.
         argv = ["sh", "-c", 'WATCHDOG_PID=$$ exec "$0" "$@"', *argv]

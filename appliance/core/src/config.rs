@@ -100,6 +100,10 @@ pub struct DaemonConfig {
     /// Directory of template specs. A relative path is resolved against the
     /// daemon's working directory.
     pub templates_dir: PathBuf,
+    /// Template definitions from a git repository instead of `templates_dir`.
+    pub templates_git: Option<GitSource>,
+    /// Template builds and the reconciler.
+    pub builds: BuildsConfig,
     /// Which VMM runs sandboxes and how.
     pub vm: VmConfig,
     /// Sandbox count, timeout and resource limits.
@@ -116,6 +120,8 @@ impl Default for DaemonConfig {
             domain: Domain::default(),
             data_dir: PathBuf::from("/var/lib/lelantos"),
             templates_dir: PathBuf::from("templates.d"),
+            templates_git: None,
+            builds: BuildsConfig::default(),
             vm: VmConfig::default(),
             limits: LimitsConfig::default(),
             images: ImagesConfig::default(),
@@ -393,6 +399,63 @@ impl LimitsConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// A git repository holding template definitions (the GitOps source).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitSource {
+    /// Clone URL: `file://`, `https://` or `ssh://` (`user@host:path` too).
+    pub url: String,
+    /// Branch to follow.
+    #[serde(default = "default_branch")]
+    pub branch: String,
+    /// Directory inside the repository holding the definitions.
+    #[serde(default = "default_git_path")]
+    pub path: String,
+    /// Seconds between fetches (`POST /reconcile` fetches at once).
+    #[serde(default = "default_poll")]
+    pub poll_interval_s: u64,
+    /// User name for https (with `password_file`) or ssh.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// File holding the https password or token.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Private key file for ssh.
+    #[serde(default)]
+    pub ssh_key: Option<PathBuf>,
+}
+
+fn default_branch() -> String {
+    "main".to_owned()
+}
+
+fn default_git_path() -> String {
+    ".".to_owned()
+}
+
+fn default_poll() -> u64 {
+    30
+}
+
+/// Template builds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BuildsConfig {
+    /// Builds running at once (each boots a build VM).
+    pub max_parallel: u32,
+    /// Seconds between reconcile passes when nothing triggers one.
+    pub resync_interval_s: u64,
+}
+
+impl Default for BuildsConfig {
+    fn default() -> Self {
+        Self {
+            max_parallel: 1,
+            resync_interval_s: 300,
+        }
     }
 }
 

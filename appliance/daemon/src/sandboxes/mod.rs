@@ -457,6 +457,21 @@ impl Sandboxes {
         self.inner.shutdown.cancel();
     }
 
+    /// Sandboxes (not stopped or failed) started from template `name`.
+    pub fn count_using_template(&self, name: &str) -> Result<u64, Error> {
+        let active: Vec<String> = SandboxState::ALL
+            .iter()
+            .filter(|s| !s.is_terminal())
+            .map(|s| s.as_str().to_owned())
+            .collect();
+        let page = self.list(&SandboxFilter {
+            states: active,
+            template: Some(name.to_owned()),
+            ..SandboxFilter::default()
+        })?;
+        Ok(page.rows.len() as u64)
+    }
+
     /// Counts of known sandboxes by state, for metrics and status.
     pub fn count_by_state(&self) -> Result<BTreeMap<String, u64>, Error> {
         self.with_store(|s| store::sandboxes::count_by_state(s.conn()))

@@ -10,7 +10,10 @@ use super::{Error, Result};
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
 /// Append only: a released entry never changes.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_init.sql"),
+    include_str!("migrations/0002_template_status.sql"),
+];
 
 /// The schema version this build produces.
 // A handful of entries: the cast cannot wrap.

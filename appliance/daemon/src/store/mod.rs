@@ -28,6 +28,7 @@ pub mod api_keys;
 pub mod events;
 mod migrations;
 pub mod sandboxes;
+pub mod template_status;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -131,6 +132,9 @@ pub enum Error {
     /// Reading sandbox rows failed.
     #[error("query sandboxes")]
     QuerySandboxes(#[source] rusqlite::Error),
+    /// Reading or writing template status failed.
+    #[error("query template status")]
+    QueryStatus(#[source] rusqlite::Error),
     /// A JSON column could not be encoded.
     #[error("encode {column} of sandbox {sandbox_id}")]
     EncodeJson {
