@@ -5,18 +5,24 @@
 # the package is installed when the command is missing.
 APPLIANCE_TOOLS=(
     "cc gcc" "cc libc6-dev"                                      # linking Rust binaries
+    "pkg-config pkg-config" "/usr/include/openssl/ssl.h libssl-dev"   # git2 (https, ssh)
+    "git git"                                                    # template sources
     "ip iproute2" "nft nftables"                                 # per-sandbox networking
     "qemu-system-x86_64 qemu-system-x86" "qemu-img qemu-utils"   # the VMs
     "mmdebstrap mmdebstrap" "mkfs.ext4 e2fsprogs"                # the guest image
 )
 
 # Installs the packages of the given "command package" pairs whose command is
-# missing; apt-get update runs once, and only when something is missing.
+# missing (a "command" starting with / is a file that must exist); apt-get
+# update runs once, and only when something is missing.
 install_tools() {
     local missing=() pair
     for pair in "$@"; do
         set -- $pair
-        command -v "$1" >/dev/null || missing+=("$2")
+        case "$1" in
+            /*) [ -e "$1" ] || missing+=("$2") ;;
+            *) command -v "$1" >/dev/null || missing+=("$2") ;;
+        esac
     done
     # The SDK suites and benchmarks run in venvs.
     if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then missing+=(python3-venv); fi

@@ -25,6 +25,7 @@ use super::{Command, Connected, Error, Live, Sandboxes, secs_ms, state_name};
 use crate::net::VmNetwork;
 use crate::proxy::{DialFuture, Dialer, Upstream};
 use crate::store::{self, events::NewEvent, sandboxes::SandboxRow};
+use crate::templates::GuestConfig;
 use crate::vmm::VmBackend as _;
 use crate::vmm::qemu::QemuVm;
 
@@ -147,13 +148,14 @@ pub(crate) fn spawn_create(
     owner: Sandboxes,
     row: SandboxRow,
     spec: VmSpec,
+    config: GuestConfig,
     rx: mpsc::Receiver<Command>,
     ready: oneshot::Sender<Result<SandboxRow, Error>>,
 ) {
     tokio::spawn(async move {
         let started = std::time::Instant::now();
         let id = row.sandbox_id.clone();
-        match provision(&owner, row, &spec).await {
+        match provision(&owner, row, &spec, &config).await {
             Ok(mut actor) => {
                 metrics::counter!("lelantos_sandbox_creates_total", "outcome" => "ok").increment(1);
                 metrics::histogram!("lelantos_sandbox_create_seconds")
@@ -190,7 +192,12 @@ pub(crate) fn spawn_adopted(
     });
 }
 
-async fn provision(owner: &Sandboxes, row: SandboxRow, spec: &VmSpec) -> Result<Actor, Error> {
+async fn provision(
+    owner: &Sandboxes,
+    row: SandboxRow,
+    spec: &VmSpec,
+    config: &GuestConfig,
+) -> Result<Actor, Error> {
     let qemu = owner.inner().qemu();
     // Provisioning → Failed, written directly: no actor exists yet.
     let fail = |row: &SandboxRow, reason: String| {
@@ -237,9 +244,17 @@ async fn provision(owner: &Sandboxes, row: SandboxRow, spec: &VmSpec) -> Result<
         envd.wait_healthy(owner.inner().settings().boot_timeout)
             .await
             .map_err(|e| format!("envd did not become healthy: {e}"))?;
-        init_envd(&envd, &row)
-            .await
-            .map_err(|e| format!("envd /init: {e}"))
+        envd.init(&InitRequest {
+            env_vars: &row.env_vars,
+            access_token: row.envd_access_token.as_deref(),
+            timestamp: jiff::Timestamp::now().to_string(),
+            default_user: config.user.as_deref(),
+            default_workdir: config.workdir.as_deref(),
+        })
+        .await
+        .map_err(|e| format!("envd /init: {e}"))?;
+        let envd = Envd::new(&dialer, row.envd_access_token.as_deref());
+        start_template_commands(&envd, config, &row.env_vars).await
     };
     if let Err(reason) = booted.await {
         let log = vm.serial_log();
@@ -255,13 +270,53 @@ async fn provision(owner: &Sandboxes, row: SandboxRow, spec: &VmSpec) -> Result<
     Ok(actor)
 }
 
+/// Clock (and env, token) again after a resume: the guest's clock stood still.
 async fn init_envd(envd: &Envd<'_>, row: &SandboxRow) -> Result<(), super::envd::EnvdError> {
     envd.init(&InitRequest {
         env_vars: &row.env_vars,
         access_token: row.envd_access_token.as_deref(),
         timestamp: jiff::Timestamp::now().to_string(),
+        default_user: None,
+        default_workdir: None,
     })
     .await
+}
+
+/// How long a template's `ready_cmd` may take to succeed in a new sandbox.
+const READY_CMD_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Starts the template's `start_cmd` and waits for its `ready_cmd`, as the
+/// template's user in its workdir.
+async fn start_template_commands(
+    envd: &Envd<'_>,
+    config: &GuestConfig,
+    env: &std::collections::BTreeMap<String, String>,
+) -> Result<(), String> {
+    let (user, cwd) = (config.user.as_deref(), config.workdir.as_deref());
+    if let Some(cmd) = &config.start_cmd {
+        envd.start_background(cmd, user, cwd, env)
+            .await
+            .map_err(|e| format!("start_cmd `{cmd}`: {e}"))?;
+    }
+    let Some(cmd) = &config.ready_cmd else {
+        return Ok(());
+    };
+    let deadline = Instant::now() + READY_CMD_DEADLINE;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match envd
+            .run(cmd, user, cwd, env, Duration::from_secs(10), &|_, _| {})
+            .await
+        {
+            Ok(0) => return Ok(()),
+            Ok(code) => last = format!("exit code {code}"),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(format!(
+        "ready_cmd `{cmd}` did not succeed within {READY_CMD_DEADLINE:?} (last: {last})"
+    ))
 }
 
 fn append_event(

@@ -311,7 +311,14 @@ impl Sandboxes {
             memory_mb: memory.get(),
             disk_size_mb: template.image.disk_size_mb(),
             metadata: req.metadata,
-            env_vars: req.env_vars,
+            // The template's env (from its `env` steps) under the request's.
+            env_vars: template
+                .config
+                .env
+                .clone()
+                .into_iter()
+                .chain(req.env_vars)
+                .collect(),
             envd_access_token: req.secure.then(actor::new_access_token),
             allow_internet_access: req.allow_internet_access,
             auto_pause: req.auto_pause,
@@ -338,7 +345,14 @@ impl Sandboxes {
                 .image
                 .vm_spec(&id, &lifecycle, vcpus, memory, req.allow_internet_access);
         let (ready_tx, ready_rx) = oneshot::channel();
-        actor::spawn_create(self.clone(), row, spec, rx, ready_tx);
+        actor::spawn_create(
+            self.clone(),
+            row,
+            spec,
+            template.config.clone(),
+            rx,
+            ready_tx,
+        );
         ready_rx
             .await
             .map_err(|_| Error::ActorGone(id.to_string()))?

@@ -70,7 +70,9 @@ pub fn get(conn: &Connection, name: &str) -> Result<Option<StatusRow>> {
 /// Every row, by name (the source first).
 pub fn list(conn: &Connection) -> Result<Vec<StatusRow>> {
     let mut stmt = conn
-        .prepare(&format!("SELECT {COLUMNS} FROM template_status ORDER BY name"))
+        .prepare(&format!(
+            "SELECT {COLUMNS} FROM template_status ORDER BY name"
+        ))
         .map_err(Error::QueryStatus)?;
     let rows = stmt
         .query_map([], read)

@@ -105,7 +105,18 @@ impl Lab {
 
     /// Creates and boots a VM and waits for envd; cleans up on failure.
     pub async fn boot(&self) -> Guarded {
-        let spec = self.spec();
+        self.boot_spec(self.spec()).await
+    }
+
+    /// Boots the manifest's kernel and initramfs with another root disk
+    /// (e.g. a template build's output).
+    pub async fn boot_rootfs(&self, rootfs: &std::path::Path) -> Guarded {
+        let mut spec = self.spec();
+        spec.rootfs = rootfs.to_path_buf();
+        self.boot_spec(spec).await
+    }
+
+    async fn boot_spec(&self, spec: VmSpec) -> Guarded {
         let mut vm = self.driver.create(&spec).await.expect("create VM");
         self.driver.boot(&mut vm).await.expect("boot VM");
         let g = Guarded::new(vm);

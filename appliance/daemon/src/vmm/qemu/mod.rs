@@ -276,6 +276,57 @@ impl Qemu {
         }
     }
 
+    /// Grows the virtual size of a created (not yet booted) VM's disk to
+    /// `bytes`, so the guest sees the larger disk from its first probe (the
+    /// filesystem on it is grown by the guest, e.g. `resize2fs`).
+    pub async fn resize_disk(&self, vm: &QemuVm, bytes: u64) -> Result<(), Error> {
+        if vm.state != VmState::Created {
+            return Err(Error::WrongState {
+                op: VmOp::Boot,
+                state: vm.state,
+            });
+        }
+        Self::control(
+            vm,
+            "block_resize",
+            Some(json!({ "device": "d0", "size": bytes })),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Writes the VM's whole disk (base plus its writes) to `dest` as a
+    /// sparse raw image. The VM must be paused: `stop` flushes QEMU's qcow2
+    /// metadata to the file (even with `cache=unsafe`), so the overlay read
+    /// here is consistent while QEMU still holds it open.
+    pub async fn export_disk(&self, vm: &QemuVm, dest: &Path) -> Result<(), Error> {
+        if vm.state != VmState::Paused {
+            return Err(Error::WrongState {
+                op: VmOp::Snapshot,
+                state: vm.state,
+            });
+        }
+        let failed = |source| Error::Prepare {
+            vm: vm.id.clone(),
+            what: "disk export (qemu-img convert)",
+            source,
+        };
+        // -U: QEMU holds the image lock; reading a paused VM's disk is safe.
+        let out = tokio::process::Command::new("qemu-img")
+            .args(["convert", "-U", "-f", "qcow2", "-O", "raw"])
+            .arg(vm.dir.disk())
+            .arg(dest)
+            .output()
+            .await
+            .map_err(failed)?;
+        if !out.status.success() {
+            return Err(failed(std::io::Error::other(
+                String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            )));
+        }
+        Ok(())
+    }
+
     /// Cleans or adopts what a previous daemon left behind: VMs whose QEMU
     /// still runs are adopted (returned), anything else — dead VMs' dirs,
     /// empty namespaces — is removed. Returns (adopted, cleaned).
