@@ -28,6 +28,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show what the template reconciler last concluded, per template.
+    Status {
+        /// Where the appliance keeps its state.
+        #[arg(long, env = "LELANTOS_DATA_DIR", default_value = "/var/lib/lelantos")]
+        data_dir: PathBuf,
+    },
     /// Manage API keys (`X-API-Key`); only their hashes are stored.
     Keys {
         /// Where the appliance keeps its state.
@@ -126,6 +132,9 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 print!("{}", lelantos::doctor::render(&report));
             }
+        }
+        Command::Status { data_dir } => {
+            lelantos::reconcile::cli::print_status(&mut std::io::stdout().lock(), &data_dir)?;
         }
         Command::Keys { data_dir, action } => match action {
             KeysAction::Create { name } => lelantos::keys::cli::create(&data_dir, &name)?,

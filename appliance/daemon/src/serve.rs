@@ -15,8 +15,11 @@ use anyhow::{Context as _, bail};
 use lelantos_core::config::{Accel as AccelChoice, DaemonConfig, VmDriver};
 use tokio_util::sync::CancellationToken;
 
+use crate::api::auth::KeyStore;
 use crate::api::server::{ApiState, router};
+use crate::builder::Builder;
 use crate::proxy::{Proxy, serve as serve_listener};
+use crate::reconcile::{Reconciler, Source};
 use crate::sandboxes::{self, Sandboxes, Settings};
 use crate::store::Store;
 use crate::templates::{Catalog, GuestImage};
@@ -106,6 +109,27 @@ async fn guest_image(config: &DaemonConfig, o: &Overrides) -> anyhow::Result<Gue
     .context("image build task")?
     .context("build guest image")?;
     Ok(GuestImage::from_manifest(&outcome.manifest_path)?)
+}
+
+/// The static envd that goes into OCI-based root disks: the one given, or
+/// the one inside the builtin image.
+fn envd_binary(
+    config: &DaemonConfig,
+    o: &Overrides,
+    image: &GuestImage,
+) -> anyhow::Result<PathBuf> {
+    if let Some(p) = &o.envd {
+        return Ok(p.clone());
+    }
+    let out = config.data_dir.join("envd");
+    std::fs::create_dir_all(&config.data_dir).context("create the data dir")?;
+    crate::oci::extract_from_ext4(
+        &image.rootfs,
+        &format!("/{}", lelantos_image::rootfs::ENVD_PATH),
+        &out,
+    )
+    .context("copy envd out of the builtin image")?;
+    Ok(out)
 }
 
 async fn qemu_driver(config: &DaemonConfig, image: &GuestImage) -> anyhow::Result<Qemu> {
@@ -228,13 +252,30 @@ pub async fn run(o: Overrides) -> anyhow::Result<()> {
     key_hint(&keys, &config.data_dir);
 
     let image = Arc::new(guest_image(&config, &o).await?);
-    let catalog = Catalog::load(&config.templates_dir, image.clone())
-        .with_context(|| format!("load templates from {}", config.templates_dir.display()))?;
+    let envd = envd_binary(&config, &o, &image)?;
+    // Templates that need no build serve at once; the reconciler builds the
+    // rest (and owns the catalog from its first pass on).
+    let catalog = match (
+        &config.templates_git,
+        Catalog::load(&config.templates_dir, image.clone()),
+    ) {
+        (None, Ok(c)) => c,
+        (None, Err(e)) => {
+            tracing::warn!(error = %e, "no template ready at start; the reconciler will report why");
+            Catalog::default()
+        }
+        (Some(_), _) => Catalog::default(),
+    };
     tracing::info!(
         templates = %catalog.iter().map(|t| t.spec.name.as_str()).collect::<Vec<_>>().join(", "),
-        "templates loaded"
+        "templates ready at start"
     );
     let qemu = qemu_driver(&config, &image).await?;
+    let builder = Arc::new(Builder::new(
+        qemu.clone(),
+        config.data_dir.join("builds"),
+        usize::try_from(config.builds.max_parallel).unwrap_or(1),
+    ));
     let sandboxes = Sandboxes::new(
         qemu,
         store,
@@ -252,14 +293,34 @@ pub async fn run(o: Overrides) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     spawn_state_gauges(sandboxes.clone(), stop.clone());
     spawn_watchdog(stop.clone());
+    let source = match &config.templates_git {
+        Some(git) => Source::git(git.clone(), &config.data_dir),
+        None => Source::Dir(config.templates_dir.clone()),
+    };
+    tracing::info!(?source, "template source");
+    let reconciler = Reconciler::new(
+        sandboxes.clone(),
+        builder.clone(),
+        source,
+        image.clone(),
+        envd.clone(),
+        config.data_dir.join("oci"),
+        Store::open(&config.data_dir).context("open the state database (reconciler)")?,
+    );
+    tokio::spawn(reconciler.clone().run(
+        Duration::from_secs(config.builds.resync_interval_s.max(1)),
+        stop.clone(),
+    ));
+    let keys: KeyStore = Arc::new(Mutex::new(keys));
     let api = router(
         ApiState {
             sandboxes: sandboxes.clone(),
             domain: config.domain.as_str().to_owned(),
             default_timeout_s: config.limits.default_timeout_s,
         },
-        Arc::new(Mutex::new(keys)),
-    );
+        keys.clone(),
+    )
+    .merge(crate::api::status::routes(reconciler, keys.clone()));
     let proxy = Proxy::new(
         Arc::new(sandboxes.clone()),
         config.domain.as_str().to_owned(),

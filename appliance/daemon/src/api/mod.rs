@@ -21,6 +21,8 @@ pub mod list_query;
 pub mod next_token;
 pub mod sandboxes;
 pub mod server;
+pub mod status;
+pub mod template_build;
 pub mod templates;
 
 pub use error_body::ErrorBody;

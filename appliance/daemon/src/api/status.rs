@@ -22,9 +22,12 @@ pub fn routes(reconciler: Arc<Reconciler>, keys: KeyStore) -> Router {
 }
 
 async fn status(State(r): State<Arc<Reconciler>>) -> Result<Json<Report>, ApiError> {
-    r.report()
-        .map(Json)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("read status: {e}")))
+    r.report().map(Json).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("read status: {e}"),
+        )
+    })
 }
 
 async fn reconcile(State(r): State<Arc<Reconciler>>) -> StatusCode {

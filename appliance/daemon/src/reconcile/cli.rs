@@ -11,7 +11,11 @@ pub fn print_status(out: &mut impl Write, data_dir: &Path) -> anyhow::Result<()>
     let store = Store::open(data_dir)?;
     let rows = store::template_status::list(store.conn())?;
     if rows.is_empty() {
-        writeln!(out, "no reconcile pass recorded yet (is `lelantos serve` running on {}?)", data_dir.display())?;
+        writeln!(
+            out,
+            "no reconcile pass recorded yet (is `lelantos serve` running on {}?)",
+            data_dir.display()
+        )?;
         return Ok(());
     }
     writeln!(
@@ -20,7 +24,11 @@ pub fn print_status(out: &mut impl Write, data_dir: &Path) -> anyhow::Result<()>
         "TEMPLATE", "STATUS", "REASON", "REVISION", "BUILD", "POOL"
     )?;
     for r in rows {
-        let name = if r.name.is_empty() { "(source)".to_owned() } else { r.name };
+        let name = if r.name.is_empty() {
+            "(source)".to_owned()
+        } else {
+            r.name
+        };
         let short = |s: Option<String>| {
             s.map(|v| {
                 let v = v.strip_prefix("git:").map(str::to_owned).unwrap_or(v);

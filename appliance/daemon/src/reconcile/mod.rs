@@ -64,7 +64,9 @@ pub struct Reconciler {
 
 impl std::fmt::Debug for Reconciler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reconciler").field("source", &self.source).finish_non_exhaustive()
+        f.debug_struct("Reconciler")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
     }
 }
 
@@ -195,8 +197,14 @@ impl Reconciler {
         let synced = match self.source.sync().await {
             Ok(s) => s,
             Err(e) => {
-                metrics::counter!("lelantos_reconcile_passes_total", "outcome" => "source_error").increment(1);
-                self.write(SOURCE_ROW, None, 0, &stalled("SourceFailed", e.to_string(), None, None));
+                metrics::counter!("lelantos_reconcile_passes_total", "outcome" => "source_error")
+                    .increment(1);
+                self.write(
+                    SOURCE_ROW,
+                    None,
+                    0,
+                    &stalled("SourceFailed", e.to_string(), None, None),
+                );
                 return;
             }
         };
@@ -206,8 +214,14 @@ impl Reconciler {
             Err(e) => {
                 // An invalid file stops the whole pass: applying the valid
                 // half of a commit would serve a state nobody wrote.
-                metrics::counter!("lelantos_reconcile_passes_total", "outcome" => "invalid").increment(1);
-                self.write(SOURCE_ROW, rev, 0, &stalled("InvalidDefinition", e.to_string(), None, None));
+                metrics::counter!("lelantos_reconcile_passes_total", "outcome" => "invalid")
+                    .increment(1);
+                self.write(
+                    SOURCE_ROW,
+                    rev,
+                    0,
+                    &stalled("InvalidDefinition", e.to_string(), None, None),
+                );
                 return;
             }
         };
@@ -260,10 +274,22 @@ impl Reconciler {
                 &spec.name,
                 rev,
                 0,
-                &stalled("BaseNotReady", format!("base {:?} is not ready (missing or cyclic)", spec.base), previous, None),
+                &stalled(
+                    "BaseNotReady",
+                    format!("base {:?} is not ready (missing or cyclic)", spec.base),
+                    previous,
+                    None,
+                ),
             );
         }
-        self.drain(&defs.templates.iter().map(|(_, s)| s.name.clone()).collect::<Vec<_>>(), rev);
+        self.drain(
+            &defs
+                .templates
+                .iter()
+                .map(|(_, s)| s.name.clone())
+                .collect::<Vec<_>>(),
+            rev,
+        );
         metrics::counter!("lelantos_reconcile_passes_total", "outcome" => "ok").increment(1);
     }
 
@@ -298,7 +324,12 @@ impl Reconciler {
         if !needs_build(spec) {
             let id = templates::builtin_build_id(&self.builtin);
             return match publish(id.clone(), self.builtin.clone(), GuestConfig::default()) {
-                Ok(()) => ready("Published", "served from the builtin image".into(), id, None),
+                Ok(()) => ready(
+                    "Published",
+                    "served from the builtin image".into(),
+                    id,
+                    None,
+                ),
                 Err(e) => stalled("PublishFailed", e.to_string(), serving, Some(id)),
             };
         }
@@ -320,13 +351,23 @@ impl Reconciler {
             publish(key.clone(), image, out.config.clone())
         };
         if serving.as_deref() == Some(key.as_str()) {
-            return ready("UpToDate", format!("build {} serving", short(&key)), key.clone(), None);
+            return ready(
+                "UpToDate",
+                format!("build {} serving", short(&key)),
+                key.clone(),
+                None,
+            );
         }
         if let Some(out) = self.builder.cached(&key) {
             metrics::counter!("lelantos_build_cache_total", "result" => "hit").increment(1);
             let log = Some(out.log.display().to_string());
             return match publish_output(out) {
-                Ok(()) => ready("BuildCached", format!("build {} (cached)", short(&key)), key.clone(), log),
+                Ok(()) => ready(
+                    "BuildCached",
+                    format!("build {} (cached)", short(&key)),
+                    key.clone(),
+                    log,
+                ),
                 Err(e) => stalled("PublishFailed", e.to_string(), serving, Some(key.clone())),
             };
         }
@@ -361,18 +402,25 @@ impl Reconciler {
             disk_mib: spec.resources.disk_mib,
         };
         let result = self.builder.build(input, &log).await;
-        metrics::histogram!("lelantos_template_build_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("lelantos_template_build_seconds")
+            .record(started.elapsed().as_secs_f64());
         match result {
             Ok(out) => {
                 metrics::counter!("lelantos_template_builds_total", "outcome" => "ok").increment(1);
                 let log = Some(out.log.display().to_string());
                 match publish_output(out) {
-                    Ok(()) => ready("BuildSucceeded", format!("build {} serving", short(&key)), key.clone(), log),
+                    Ok(()) => ready(
+                        "BuildSucceeded",
+                        format!("build {} serving", short(&key)),
+                        key.clone(),
+                        log,
+                    ),
                     Err(e) => stalled("PublishFailed", e.to_string(), serving, Some(key.clone())),
                 }
             }
             Err(e) => {
-                metrics::counter!("lelantos_template_builds_total", "outcome" => "error").increment(1);
+                metrics::counter!("lelantos_template_builds_total", "outcome" => "error")
+                    .increment(1);
                 tracing::warn!(template = %spec.name, error = %e, "build failed; the previous version keeps serving");
                 stalled("BuildFailed", e.to_string(), serving, Some(key.clone()))
             }
@@ -380,12 +428,21 @@ impl Reconciler {
     }
 
     /// The base image, its guest defaults and its identity (part of the key).
-    async fn resolve_base(&self, spec: &TemplateSpec) -> Result<(Arc<GuestImage>, GuestConfig, String), String> {
+    async fn resolve_base(
+        &self,
+        spec: &TemplateSpec,
+    ) -> Result<(Arc<GuestImage>, GuestConfig, String), String> {
         match &spec.base {
-            Base::Builtin => Ok((self.builtin.clone(), GuestConfig::default(), templates::builtin_build_id(&self.builtin))),
-            Base::Debian(suite) if suite == "bookworm" => {
-                Ok((self.builtin.clone(), GuestConfig::default(), templates::builtin_build_id(&self.builtin)))
-            }
+            Base::Builtin => Ok((
+                self.builtin.clone(),
+                GuestConfig::default(),
+                templates::builtin_build_id(&self.builtin),
+            )),
+            Base::Debian(suite) if suite == "bookworm" => Ok((
+                self.builtin.clone(),
+                GuestConfig::default(),
+                templates::builtin_build_id(&self.builtin),
+            )),
             Base::Debian(suite) => Err(format!(
                 "Debian suite `{suite}`: only bookworm is built in so far (use base: builtin or an OCI image)"
             )),
@@ -394,7 +451,11 @@ impl Reconciler {
                 let t = catalog
                     .resolve(name)
                     .ok_or_else(|| format!("base template `{name}` is not ready"))?;
-                Ok((t.image.clone(), t.config.clone(), format!("template:{}", t.build_id)))
+                Ok((
+                    t.image.clone(),
+                    t.config.clone(),
+                    format!("template:{}", t.build_id),
+                ))
             }
             Base::Image(reference) => {
                 let req = crate::oci::PullRequest {
@@ -405,7 +466,9 @@ impl Reconciler {
                     cache_dir: self.oci_cache.clone(),
                 };
                 let log = |line: &str| tracing::info!(image = %reference, "pull: {line}");
-                let pulled = crate::oci::pull_rootfs(&req, &log).await.map_err(|e| e.to_string())?;
+                let pulled = crate::oci::pull_rootfs(&req, &log)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let image = Arc::new(GuestImage {
                     manifest: pulled.rootfs.with_extension("json"),
                     rootfs_bytes: std::fs::metadata(&pulled.rootfs).map_or(0, |m| m.len()),
@@ -423,8 +486,17 @@ impl Reconciler {
             .report()
             .map(|r| r.rows.into_iter().map(|r| r.name).collect())
             .unwrap_or_default();
-        let served: Vec<String> = self.sandboxes.catalog().iter().map(|t| t.spec.name.clone()).collect();
-        let mut gone: Vec<String> = known.into_iter().chain(served).filter(|n| !n.is_empty() && !defined.contains(n)).collect();
+        let served: Vec<String> = self
+            .sandboxes
+            .catalog()
+            .iter()
+            .map(|t| t.spec.name.clone())
+            .collect();
+        let mut gone: Vec<String> = known
+            .into_iter()
+            .chain(served)
+            .filter(|n| !n.is_empty() && !defined.contains(n))
+            .collect();
         gone.sort();
         gone.dedup();
         for name in gone {
@@ -442,7 +514,9 @@ impl Reconciler {
                     &Outcome {
                         phase: phase::DRAINING,
                         reason: "Removed",
-                        message: format!("removed from the source; {users} sandbox(es) still running"),
+                        message: format!(
+                            "removed from the source; {users} sandbox(es) still running"
+                        ),
                         build_id: None,
                         desired: None,
                         log: None,
@@ -464,7 +538,12 @@ fn ready(reason: &'static str, message: String, build: String, log: Option<Strin
     }
 }
 
-fn stalled(reason: &'static str, message: String, serving: Option<String>, desired: Option<String>) -> Outcome {
+fn stalled(
+    reason: &'static str,
+    message: String,
+    serving: Option<String>,
+    desired: Option<String>,
+) -> Outcome {
     Outcome {
         phase: phase::STALLED,
         reason,
@@ -506,7 +585,11 @@ pub fn build_key(dir: &Path, spec: &TemplateSpec, base_id: &str) -> Result<Strin
         "copies": copies,
     });
     let digest = Sha256::digest(material.to_string().as_bytes());
-    Ok(digest.iter().map(|b| format!("{b:02x}")).collect::<String>()[..32].to_owned())
+    Ok(digest
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()[..32]
+        .to_owned())
 }
 
 /// Hash of a file or directory tree: relative paths, modes and contents.
@@ -526,7 +609,12 @@ fn tree_hash(path: &Path) -> std::io::Result<String> {
     }
     files.sort_by(|a, b| a.0.cmp(&b.0));
     for (p, meta) in files {
-        h.update(p.strip_prefix(path).unwrap_or(&p).as_os_str().as_encoded_bytes());
+        h.update(
+            p.strip_prefix(path)
+                .unwrap_or(&p)
+                .as_os_str()
+                .as_encoded_bytes(),
+        );
         h.update(meta.permissions().mode().to_le_bytes());
         if meta.is_file() {
             h.update(std::fs::read(&p)?);

@@ -111,7 +111,11 @@ fn dir_hash(dir: &Path) -> Result<String, SourceError> {
     names.sort();
     let mut h = Sha256::new();
     for p in names {
-        h.update(p.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
+        h.update(
+            p.file_name()
+                .map(|n| n.as_encoded_bytes())
+                .unwrap_or_default(),
+        );
         h.update([0]);
         h.update(std::fs::read(&p).map_err(io)?);
         h.update([0]);
@@ -137,17 +141,14 @@ fn sync_git(config: &GitSource, checkout: &Path) -> Result<Synced, SourceError> 
         repo.remote_set_url("origin", &config.url)
             .map_err(err("set remote"))?;
     } else {
-        repo.remote("origin", &config.url).map_err(err("add remote"))?;
+        repo.remote("origin", &config.url)
+            .map_err(err("add remote"))?;
     }
     let mut remote = repo.find_remote("origin").map_err(err("find remote"))?;
     let mut callbacks = RemoteCallbacks::new();
     let cfg = config.clone();
     callbacks.credentials(move |_url, user_from_url, allowed| {
-        let user = cfg
-            .username
-            .as_deref()
-            .or(user_from_url)
-            .unwrap_or("git");
+        let user = cfg.username.as_deref().or(user_from_url).unwrap_or("git");
         if allowed.contains(git2::CredentialType::SSH_KEY)
             && let Some(key) = &cfg.ssh_key
         {
@@ -164,10 +165,7 @@ fn sync_git(config: &GitSource, checkout: &Path) -> Result<Synced, SourceError> 
     });
     let mut opts = FetchOptions::new();
     opts.remote_callbacks(callbacks);
-    let refspec = format!(
-        "+refs/heads/{b}:refs/remotes/origin/{b}",
-        b = config.branch
-    );
+    let refspec = format!("+refs/heads/{b}:refs/remotes/origin/{b}", b = config.branch);
     remote
         .fetch(&[refspec.as_str()], Some(&mut opts), None)
         .map_err(err("fetch"))?;
