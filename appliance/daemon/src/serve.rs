@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::auth::KeyStore;
 use crate::api::server::{ApiState, router};
+use crate::api::template_build::{BuildRegistry, TemplateBuildState};
 use crate::builder::Builder;
 use crate::proxy::{Proxy, serve as serve_listener};
 use crate::reconcile::{Reconciler, Source};
@@ -304,7 +305,7 @@ pub async fn run(o: Overrides) -> anyhow::Result<()> {
         source,
         image.clone(),
         envd.clone(),
-        config.data_dir.join("oci"),
+        config.data_dir.clone(),
         Store::open(&config.data_dir).context("open the state database (reconciler)")?,
     );
     tokio::spawn(reconciler.clone().run(
@@ -320,7 +321,17 @@ pub async fn run(o: Overrides) -> anyhow::Result<()> {
         },
         keys.clone(),
     )
-    .merge(crate::api::status::routes(reconciler, keys.clone()));
+    .merge(crate::api::status::routes(reconciler, keys.clone()))
+    .merge(crate::api::template_build::routes(TemplateBuildState {
+        sandboxes: sandboxes.clone(),
+        builder: builder.clone(),
+        envd_path: envd.clone(),
+        cache_dir: config.data_dir.clone(),
+        data_dir: config.data_dir.clone(),
+        public_url: format!("http://{}", config.listen.api),
+        keys: keys.clone(),
+        builds: BuildRegistry::new(),
+    }));
     let proxy = Proxy::new(
         Arc::new(sandboxes.clone()),
         config.domain.as_str().to_owned(),
