@@ -10,55 +10,16 @@ the session's. Real git, real builds, real VMs."""
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import time
-from pathlib import Path
 
 import pytest
 from e2b import Sandbox
 
+from gitops_kit import Repo, git, status_of, wait_status
 from harness import Appliance
 from helpers import wait_until
 
-ROOT = Path(__file__).resolve().parents[2]
 POLL_S = 2
-BUILD_DEADLINE_S = 180
 NAME = "gitops-t"
-
-
-def git(cwd: Path, *args: str) -> str:
-    out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
-                         env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-                              "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})
-    assert out.returncode == 0, f"git {args}: {out.stderr}"
-    return out.stdout.strip()
-
-
-class Repo:
-    """A bare repository (what the appliance fetches) and a work tree (what
-    the operator edits and pushes)."""
-
-    def __init__(self, base: Path) -> None:
-        self.bare = base / "templates.git"
-        self.work = base / "work"
-        git(base, "init", "--quiet", "--bare", "--initial-branch=main", str(self.bare))
-        git(base, "clone", "--quiet", str(self.bare), str(self.work))
-        git(self.work, "checkout", "--quiet", "-b", "main")
-        (self.work / "templates.d").mkdir()
-        shutil.copy(ROOT / "templates.d" / "base.yaml", self.work / "templates.d" / "base.yaml")
-
-    def write(self, name: str, text: str) -> None:
-        (self.work / "templates.d" / name).write_text(text)
-
-    def remove(self, name: str) -> None:
-        (self.work / "templates.d" / name).unlink()
-
-    def push(self, message: str) -> str:
-        git(self.work, "add", "-A")
-        git(self.work, "commit", "--quiet", "-m", message)
-        git(self.work, "push", "--quiet", "origin", "main")
-        return git(self.work, "rev-parse", "HEAD")
 
 
 def definition(marker: str, extra_step: str = "") -> str:
@@ -68,31 +29,13 @@ def definition(marker: str, extra_step: str = "") -> str:
             f"{extra_step}")
 
 
-def status_of(app: Appliance, name: str) -> dict | None:
-    res = app.api("GET", "/status")
-    assert res.status == 200, res
-    return next((r for r in res.json()["rows"] if r["name"] == name), None)
-
-
-def wait_status(app: Appliance, name: str, pred, what: str) -> dict:
-    return wait_until(lambda: (lambda r: r if r is not None and pred(r) else None)(status_of(app, name)),
-                      timeout=BUILD_DEADLINE_S, interval=0.5, what=f"{name}: {what}")
-
-
 @pytest.fixture(scope="module")
 def gitops(tmp_path_factory, appliance):
     base = tmp_path_factory.mktemp("gitops")
     repo = Repo(base)
     (repo.work / "templates.d" / "files").mkdir()
     (repo.work / "templates.d" / "files" / "hello.txt").write_text("hello from git\n")
-    config = base / "lelantos.yaml"
-    config.write_text(
-        "version: 1\n"
-        "templates_git:\n"
-        f"  url: file://{repo.bare}\n"
-        "  branch: main\n"
-        "  path: templates.d\n"
-        f"  poll_interval_s: {POLL_S}\n")
+    config = repo.config(base / "lelantos.yaml", POLL_S)
     repo.write(f"{NAME}.yaml", definition("v1"))
     repo.push("v1")
     app = Appliance.from_env(log_dir=base / "logs")

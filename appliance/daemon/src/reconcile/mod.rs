@@ -486,10 +486,12 @@ impl Reconciler {
             .report()
             .map(|r| r.rows.into_iter().map(|r| r.name).collect())
             .unwrap_or_default();
+        // Templates built through the E2B API are not the source's to remove.
         let served: Vec<String> = self
             .sandboxes
             .catalog()
             .iter()
+            .filter(|t| t.file != Path::new(crate::api::template_build::API_TEMPLATE_FILE))
             .map(|t| t.spec.name.clone())
             .collect();
         let mut gone: Vec<String> = known

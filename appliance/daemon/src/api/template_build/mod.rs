@@ -11,15 +11,22 @@
 //!  GET  /templates/{id}/builds/{b}/status?logsOffset=&limit= ─▶ status + log slice → 200
 //! ```
 //!
-//! What the two pinned py SDKs send (the differences matter):
-//! - 2.45.1 always sends `cpuCount: 2, memoryMB: 1024` and `logsOffset`;
-//!   2.63.0 sends them only when set, may add `minFreeDiskMb` (ignored
-//!   here), and reads optional `headers` next to the upload URL.
-//! - Both use `/v3/templates` with `name` (`alias` is the deprecated
-//!   spelling, accepted too) and `/v2/templates/{id}/builds/{b}`; neither
-//!   calls the tag endpoints during a build.
+//! What the two pinned py SDKs send (read from their sources; both pass
+//! the SDK suite in `tests/appliance/test_template_build.py`):
+//! - Both: `/v3/templates` with `name` (`alias` is the spec's deprecated
+//!   spelling, accepted too), `/v2/templates/{id}/builds/{b}`, status polls
+//!   with `logsOffset` and no `limit` (2.63 relies on a page of at most 100
+//!   and drains the rest after a terminal status). Neither calls the tag
+//!   endpoints or the older `/v2/templates` during a build.
+//! - 2.45.1 always sends `cpuCount: 2, memoryMB: 1024`; 2.63.0 sends them
+//!   only when set and may add `minFreeDiskMb` (ignored here).
+//! - 2.63.0 applies optional `headers` from the files answer to its `PUT`
+//!   (none are needed here).
 //! - `reason.step` must be `base`, `finalize` or a number: 2.45.1 calls
-//!   `int()` on anything else.
+//!   `int()` on anything else. Numbers are 1-based instruction positions
+//!   (py maps them to the stack trace of the call that added the step).
+//! - `Template()` without a base means E2B's `e2bdev/base` image, which is
+//!   served by the builtin `base` template.
 //!
 //! Build status and logs live in memory ([`registry`]); templates a build
 //! publishes go into the running catalog only. Both are gone after a daemon
