@@ -88,6 +88,15 @@ def test_build_from_image_then_start_a_sandbox(appliance, sandboxes, base_image,
     sbx = sandboxes.create(template=child, timeout=120)
     assert sbx.commands.run("cat /etc/child-marker").stdout.strip() == "built"
     assert sbx.commands.run(f"cat {HOME}/f.txt").stdout == content
+
+    # API-built templates can be deleted through the API; running sandboxes
+    # keep going, new ones cannot start from it.
+    assert appliance.api("DELETE", f"/templates/{child}").status == 204
+    assert appliance.api("POST", "/v2/sandboxes", {"templateID": child}).status == 404
+    assert sbx.commands.run("cat /etc/child-marker").stdout.strip() == "built"
+    assert appliance.api("DELETE", f"/templates/{child}").status == 404
+    # A template defined in files is the repository's, not the API's.
+    assert appliance.api("DELETE", "/templates/base").status == 409
     sbx.kill()
 
 

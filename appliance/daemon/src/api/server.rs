@@ -606,6 +606,11 @@ async fn delete_template(
     let t = catalog
         .resolve(&id)
         .ok_or_else(|| ApiError::not_found(format!("template '{id}' not found")))?;
+    // Built through the API: ours to delete (running sandboxes keep going).
+    if t.file == std::path::Path::new(crate::api::template_build::API_TEMPLATE_FILE) {
+        s.sandboxes.withdraw_template(&t.spec.name);
+        return Ok(StatusCode::NO_CONTENT);
+    }
     // Definitions are files (the GitOps source of truth); deleting one behind
     // the repository's back would be undone at the next reconcile.
     Err(ApiError::new(

@@ -178,6 +178,9 @@ pub fn routes(state: TemplateBuildState) -> Router {
     let authed = Router::new()
         .route("/templates/aliases/{alias}", get(alias_exists))
         .route("/v3/templates", post(request_build))
+        // The older create endpoints take the same fields (`alias` for `name`).
+        .route("/templates", post(request_build))
+        .route("/v2/templates", post(request_build))
         .route("/templates/{id}/files/{hash}", get(file_upload_link))
         .route("/v2/templates/{id}/builds/{build_id}", post(start_build))
         .route(
