@@ -268,7 +268,9 @@ fn check_step(step: &Step) -> Result<(), String> {
     }
 }
 
-fn is_valid_name(name: &str) -> bool {
+/// Whether `name` may be a template id or alias: `[a-z0-9][a-z0-9_-]*`,
+/// at most 64 characters.
+pub fn is_valid_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars
         .next()

@@ -14,6 +14,14 @@ use crate::store::Store;
 /// The key store the middleware checks against (its own connection).
 pub type KeyStore = Arc<Mutex<Store>>;
 
+/// Puts every route of `router` (added so far) behind the API key.
+pub fn protect<S: Clone + Send + Sync + 'static>(
+    router: axum::Router<S>,
+    keys: KeyStore,
+) -> axum::Router<S> {
+    router.route_layer(axum::middleware::from_fn_with_state(keys, require_api_key))
+}
+
 /// Lets the request through only with a valid, unrevoked key.
 pub async fn require_api_key(State(keys): State<KeyStore>, req: Request, next: Next) -> Response {
     let Some(presented) = req

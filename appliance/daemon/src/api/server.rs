@@ -9,12 +9,12 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router, middleware};
+use axum::{Json, Router};
 use jiff::Timestamp;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use super::auth::{KeyStore, require_api_key};
+use super::auth::{KeyStore, protect};
 use super::error::ApiError;
 use super::{
     ConnectRequestV2, ListOrder, ListQuery, ListedSandbox, ListedSandboxState, NewSandbox,
@@ -45,25 +45,27 @@ pub struct ApiState {
 
 /// The whole REST surface. `/health` is open; everything else needs a key.
 pub fn router(state: ApiState, keys: KeyStore) -> Router {
-    let api = Router::new()
-        .route("/sandboxes", post(create_v1).get(list_v1))
-        .route("/v2/sandboxes", post(create_v2).get(list_v2))
-        .route("/sandboxes/metrics", get(metrics_many))
-        .route("/sandboxes/{id}", get(get_one).delete(kill))
-        .route("/sandboxes/{id}/timeout", post(set_timeout))
-        .route("/sandboxes/{id}/refreshes", post(refresh))
-        .route("/sandboxes/{id}/connect", post(connect))
-        .route("/v2/sandboxes/{id}/connect", post(connect))
-        .route("/sandboxes/{id}/pause", post(pause))
-        .route("/sandboxes/{id}/resume", post(resume))
-        .route("/sandboxes/{id}/logs", get(logs_v1))
-        .route("/v2/sandboxes/{id}/logs", get(logs_v2))
-        .route("/sandboxes/{id}/metrics", get(metrics_one))
-        .route("/templates", get(list_templates))
-        .route("/v2/templates", get(list_templates))
-        .route("/templates/{id}", get(get_template).delete(delete_template))
-        .route_layer(middleware::from_fn_with_state(keys, require_api_key))
-        .with_state(state);
+    let api = protect(
+        Router::new()
+            .route("/sandboxes", post(create_v1).get(list_v1))
+            .route("/v2/sandboxes", post(create_v2).get(list_v2))
+            .route("/sandboxes/metrics", get(metrics_many))
+            .route("/sandboxes/{id}", get(get_one).delete(kill))
+            .route("/sandboxes/{id}/timeout", post(set_timeout))
+            .route("/sandboxes/{id}/refreshes", post(refresh))
+            .route("/sandboxes/{id}/connect", post(connect))
+            .route("/v2/sandboxes/{id}/connect", post(connect))
+            .route("/sandboxes/{id}/pause", post(pause))
+            .route("/sandboxes/{id}/resume", post(resume))
+            .route("/sandboxes/{id}/logs", get(logs_v1))
+            .route("/v2/sandboxes/{id}/logs", get(logs_v2))
+            .route("/sandboxes/{id}/metrics", get(metrics_one))
+            .route("/templates", get(list_templates))
+            .route("/v2/templates", get(list_templates))
+            .route("/templates/{id}", get(get_template).delete(delete_template)),
+        keys,
+    )
+    .with_state(state);
     Router::new()
         .route("/health", get(health))
         .merge(api)

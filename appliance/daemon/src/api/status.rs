@@ -6,19 +6,21 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use axum::{Json, Router, middleware};
+use axum::{Json, Router};
 
-use super::auth::{KeyStore, require_api_key};
+use super::auth::{KeyStore, protect};
 use super::error::ApiError;
 use crate::reconcile::{Reconciler, Report};
 
 /// Routes for the reconciler, behind the API key.
 pub fn routes(reconciler: Arc<Reconciler>, keys: KeyStore) -> Router {
-    Router::new()
-        .route("/status", get(status))
-        .route("/reconcile", post(reconcile))
-        .route_layer(middleware::from_fn_with_state(keys, require_api_key))
-        .with_state(reconciler)
+    protect(
+        Router::new()
+            .route("/status", get(status))
+            .route("/reconcile", post(reconcile)),
+        keys,
+    )
+    .with_state(reconciler)
 }
 
 async fn status(State(r): State<Arc<Reconciler>>) -> Result<Json<Report>, ApiError> {

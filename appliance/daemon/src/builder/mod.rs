@@ -31,8 +31,7 @@ use lelantos_core::template::{CopyStep, Step};
 use lelantos_core::{LifecycleId, MemoryMib, SandboxId, Vcpus};
 use serde::{Deserialize, Serialize};
 
-use crate::net::VmNetwork;
-use crate::proxy::{DialFuture, Dialer};
+use crate::sandboxes::actor::NetnsDialer;
 use crate::sandboxes::envd::{Envd, EnvdError, InitRequest};
 use crate::templates::{GuestConfig, GuestImage};
 use crate::vmm::VmBackend as _;
@@ -375,9 +374,7 @@ impl Builder {
             .boot(vm)
             .await
             .map_err(vm_err("boot the build VM"))?;
-        let dialer = VmDialer {
-            net: vm.net.clone(),
-        };
+        let dialer = NetnsDialer::new(vm.net.clone());
         // Before /init envd has no token, and the builder sets none.
         let envd = Envd::new(&dialer, None);
         envd.wait_healthy(BOOT_TIMEOUT)
@@ -968,22 +965,6 @@ impl LogSink<'_> {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
-    }
-}
-
-/// Reaches ports inside the build VM's network namespace.
-struct VmDialer {
-    net: VmNetwork,
-}
-
-impl Dialer for VmDialer {
-    fn dial(&self, port: u16) -> DialFuture {
-        let net = self.net.clone();
-        Box::pin(async move {
-            net.connect(port, Duration::from_secs(3))
-                .await
-                .map_err(std::io::Error::other)
-        })
     }
 }
 

@@ -192,37 +192,33 @@ impl Reconciler {
         }
     }
 
+    /// Ends a pass early: the source is `Stalled`, nothing served changes.
+    fn source_stalled(
+        &self,
+        outcome: &'static str,
+        rev: Option<&str>,
+        reason: &'static str,
+        message: String,
+    ) {
+        metrics::counter!("lelantos_reconcile_passes_total", "outcome" => outcome).increment(1);
+        self.write(SOURCE_ROW, rev, 0, &stalled(reason, message, None, None));
+    }
+
     /// One pass. Never fails: every problem lands in a status row.
     pub async fn pass(&self) {
         let synced = match self.source.sync().await {
             Ok(s) => s,
             Err(e) => {
-                metrics::counter!("lelantos_reconcile_passes_total", "outcome" => "source_error")
-                    .increment(1);
-                self.write(
-                    SOURCE_ROW,
-                    None,
-                    0,
-                    &stalled("SourceFailed", e.to_string(), None, None),
-                );
-                return;
+                return self.source_stalled("source_error", None, "SourceFailed", e.to_string());
             }
         };
         let rev = Some(synced.revision.as_str());
         let defs = match templates::read_definitions(&synced.dir) {
             Ok(d) => d,
+            // An invalid file stops the whole pass: applying the valid half
+            // of a commit would serve a state nobody wrote.
             Err(e) => {
-                // An invalid file stops the whole pass: applying the valid
-                // half of a commit would serve a state nobody wrote.
-                metrics::counter!("lelantos_reconcile_passes_total", "outcome" => "invalid")
-                    .increment(1);
-                self.write(
-                    SOURCE_ROW,
-                    rev,
-                    0,
-                    &stalled("InvalidDefinition", e.to_string(), None, None),
-                );
-                return;
+                return self.source_stalled("invalid", rev, "InvalidDefinition", e.to_string());
             }
         };
         self.write(

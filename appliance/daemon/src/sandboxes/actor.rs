@@ -62,9 +62,15 @@ pub(crate) fn new_access_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Reaches ports inside one VM's network namespace.
+/// Reaches ports inside one VM's network namespace (sandboxes and build VMs).
 pub(crate) struct NetnsDialer {
     net: VmNetwork,
+}
+
+impl NetnsDialer {
+    pub(crate) fn new(net: VmNetwork) -> Self {
+        Self { net }
+    }
 }
 
 impl Dialer for NetnsDialer {

@@ -48,10 +48,10 @@ use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use axum::{Json, Router, middleware};
+use axum::{Json, Router};
 use lelantos_core::{MemoryMib, Vcpus};
 
-use super::auth::{KeyStore, require_api_key};
+use super::auth::{KeyStore, protect};
 use super::error::ApiError;
 use files::FilesError;
 use plan::{PlanError, TemplateName};
@@ -175,22 +175,21 @@ type Result<T> = std::result::Result<T, ApiError>;
 /// header (its one-time token is in the URL). No fallback is set, so the
 /// main router's applies.
 pub fn routes(state: TemplateBuildState) -> Router {
-    let authed = Router::new()
-        .route("/templates/aliases/{alias}", get(alias_exists))
-        .route("/v3/templates", post(request_build))
-        // The older create endpoints take the same fields (`alias` for `name`).
-        .route("/templates", post(request_build))
-        .route("/v2/templates", post(request_build))
-        .route("/templates/{id}/files/{hash}", get(file_upload_link))
-        .route("/v2/templates/{id}/builds/{build_id}", post(start_build))
-        .route(
-            "/templates/{id}/builds/{build_id}/status",
-            get(build_status),
-        )
-        .route_layer(middleware::from_fn_with_state(
-            state.keys.clone(),
-            require_api_key,
-        ));
+    let authed = protect(
+        Router::new()
+            .route("/templates/aliases/{alias}", get(alias_exists))
+            .route("/v3/templates", post(request_build))
+            // The older create endpoints take the same fields (`alias` for `name`).
+            .route("/templates", post(request_build))
+            .route("/v2/templates", post(request_build))
+            .route("/templates/{id}/files/{hash}", get(file_upload_link))
+            .route("/v2/templates/{id}/builds/{build_id}", post(start_build))
+            .route(
+                "/templates/{id}/builds/{build_id}/status",
+                get(build_status),
+            ),
+        state.keys.clone(),
+    );
     let open = Router::new()
         .route("/uploads/{hash}", put(upload))
         // The body is streamed to disk with its own bound (files::store).

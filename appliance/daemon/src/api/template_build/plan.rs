@@ -91,15 +91,8 @@ impl TemplateName {
     }
 }
 
-/// Template ids: as `templates.d` requires (`[a-z0-9][a-z0-9_-]*`, ≤ 64).
-pub fn is_valid_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
-        && name.len() <= 64
-}
+/// Template ids: as `templates.d` requires.
+pub use lelantos_core::template::is_valid_name;
 
 /// Tags: Docker's rule (`[A-Za-z0-9_][A-Za-z0-9_.-]*`, ≤ 128).
 pub fn is_valid_tag(tag: &str) -> bool {
