@@ -124,3 +124,19 @@ def test_invalid_name_is_a_400(appliance) -> None:
     with pytest.raises(BuildException) as err:
         Template.build(Template().from_image("127.0.0.1:1/x:1"), alias="Bad Name")
     assert str(err.value).startswith("400: "), err.value
+
+
+@pytest.mark.restarts_daemon
+def test_api_built_templates_survive_a_daemon_restart(appliance, sandboxes, restart_daemon) -> None:
+    """An API-built template has no definition file: it is persisted, and a
+    restarted daemon serves it again from its build."""
+    alias = f"sdk-keep-{_tag()}"
+    Template.build(Template().from_base_image().run_cmd("echo kept > /etc/kept-marker"), alias=alias)
+    restart_daemon()
+    assert Template.exists(alias)
+    sbx = sandboxes.create(template=alias, timeout=120)
+    assert sbx.commands.run("cat /etc/kept-marker").stdout.strip() == "kept"
+    sbx.kill()
+    assert appliance.api("DELETE", f"/templates/{alias}").status == 204
+    restart_daemon()
+    assert not Template.exists(alias), "a deleted template must stay deleted after a restart"

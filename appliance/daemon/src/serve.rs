@@ -287,6 +287,12 @@ pub async fn run(o: Overrides) -> anyhow::Result<()> {
             boot_timeout: BOOT_TIMEOUT,
         },
     );
+    let restored = sandboxes
+        .restore_published()
+        .context("restore API-built templates")?;
+    if restored > 0 {
+        tracing::info!(restored, "API-built templates served again");
+    }
     let summary = sandboxes.recover().await.context("recover sandboxes")?;
     tracing::info!("{summary}");
     install_metrics(config.listen.metrics)?;

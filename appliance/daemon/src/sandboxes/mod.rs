@@ -213,6 +213,32 @@ impl Sandboxes {
         &self,
         template: crate::templates::Template,
     ) -> Result<(), crate::templates::Error> {
+        let record = (template.file == std::path::Path::new(crate::templates::API_TEMPLATE_FILE))
+            .then(|| crate::templates::PublishedRecord::of(&template));
+        let name = template.spec.name.clone();
+        self.put_template(template)?;
+        // Only API-built templates are persisted: the reconciler derives the
+        // others from their source again at every pass.
+        if let Some(record) = record {
+            let saved = serde_json::to_string(&record)
+                .map_err(|e| e.to_string())
+                .and_then(|json| {
+                    self.with_store(|s| {
+                        store::published_templates::upsert(s.conn(), &name, &json, store::now_ms())
+                    })
+                    .map_err(|e| e.to_string())
+                });
+            if let Err(e) = saved {
+                tracing::warn!(template = %name, error = %e, "could not persist an API-built template; it will not survive a restart");
+            }
+        }
+        Ok(())
+    }
+
+    fn put_template(
+        &self,
+        template: crate::templates::Template,
+    ) -> Result<(), crate::templates::Error> {
         let mut guard = self
             .inner
             .catalog
@@ -226,6 +252,31 @@ impl Sandboxes {
         list.push(template);
         *guard = Arc::new(Catalog::new(list)?);
         Ok(())
+    }
+
+    /// Serves the API-built templates of an earlier run again, if their
+    /// built disks still exist. Returns how many.
+    pub fn restore_published(&self) -> Result<usize, Error> {
+        let rows = self.with_store(|s| store::published_templates::list(s.conn()))?;
+        let mut restored = 0;
+        for (name, json) in rows {
+            let record: Option<crate::templates::PublishedRecord> =
+                serde_json::from_str(&json).ok();
+            match record.filter(|r| r.image.rootfs.exists()) {
+                Some(r) => {
+                    let t = r.into_template(crate::templates::API_TEMPLATE_FILE.into());
+                    match self.put_template(t) {
+                        Ok(()) => restored += 1,
+                        Err(e) => tracing::warn!(template = %name, error = %e, "not restored"),
+                    }
+                }
+                None => {
+                    tracing::warn!(template = %name, "API-built template's disk is gone; forgetting it");
+                    self.with_store(|s| store::published_templates::delete(s.conn(), &name))?;
+                }
+            }
+        }
+        Ok(restored)
     }
 
     /// Removes a template from the catalog: no new sandboxes start from it;
@@ -245,6 +296,10 @@ impl Sandboxes {
         // Removing a template cannot create a name clash.
         if let Ok(c) = Catalog::new(list) {
             *guard = Arc::new(c);
+        }
+        drop(guard);
+        if let Err(e) = self.with_store(|s| store::published_templates::delete(s.conn(), name)) {
+            tracing::warn!(template = name, error = %e, "could not forget a published template");
         }
         removed
     }

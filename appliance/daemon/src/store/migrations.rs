@@ -13,6 +13,7 @@ use super::{Error, Result};
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_template_status.sql"),
+    include_str!("migrations/0003_published_templates.sql"),
 ];
 
 /// The schema version this build produces.

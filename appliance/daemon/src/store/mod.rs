@@ -27,6 +27,7 @@
 pub mod api_keys;
 pub mod events;
 mod migrations;
+pub mod published_templates;
 pub mod sandboxes;
 pub mod template_status;
 
@@ -132,8 +133,8 @@ pub enum Error {
     /// Reading sandbox rows failed.
     #[error("query sandboxes")]
     QuerySandboxes(#[source] rusqlite::Error),
-    /// Reading or writing template status failed.
-    #[error("query template status")]
+    /// Reading or writing template status or published templates failed.
+    #[error("query template records")]
     QueryStatus(#[source] rusqlite::Error),
     /// A JSON column could not be encoded.
     #[error("encode {column} of sandbox {sandbox_id}")]

@@ -52,7 +52,7 @@ pub enum Error {
 }
 
 /// A bootable guest image (kernel, initramfs, root disk) on this host.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuestImage {
     /// The manifest it was read from.
     pub manifest: PathBuf,
@@ -156,6 +156,51 @@ pub struct Template {
     pub image: Arc<GuestImage>,
     /// Defaults and commands from its build.
     pub config: GuestConfig,
+}
+
+/// `Template::file` of templates built through the E2B API (they have no
+/// definition file; they are persisted as [`PublishedRecord`]s instead).
+pub const API_TEMPLATE_FILE: &str = "api";
+
+/// What is kept of an API-built template so a restarted daemon serves it
+/// again (its definition exists nowhere else).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PublishedRecord {
+    /// Its definition as the API made it.
+    pub spec: TemplateSpec,
+    /// Its build.
+    pub build_id: String,
+    /// Kernel, initramfs and its built root disk.
+    pub image: GuestImage,
+    /// Guest defaults and commands.
+    pub config: GuestConfig,
+    /// When it was published (unix ms).
+    pub loaded_at_ms: i64,
+}
+
+impl PublishedRecord {
+    /// The record of `t`.
+    pub fn of(t: &Template) -> Self {
+        Self {
+            spec: t.spec.clone(),
+            build_id: t.build_id.clone(),
+            image: (*t.image).clone(),
+            config: t.config.clone(),
+            loaded_at_ms: t.loaded_at_ms,
+        }
+    }
+
+    /// The template it describes.
+    pub fn into_template(self, file: PathBuf) -> Template {
+        Template {
+            spec: self.spec,
+            file,
+            loaded_at_ms: self.loaded_at_ms,
+            build_id: self.build_id,
+            image: Arc::new(self.image),
+            config: self.config,
+        }
+    }
 }
 
 /// Whether a definition can be served straight from the builtin image,

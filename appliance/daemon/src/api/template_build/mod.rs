@@ -62,8 +62,7 @@ use wire::{
     TemplateBuildRequestV3, TemplateBuildStartV2, TemplateRequestResponseV3,
 };
 
-/// `Template::file` of templates this API published (not from `templates.d`).
-pub const API_TEMPLATE_FILE: &str = "api";
+pub use crate::templates::API_TEMPLATE_FILE;
 /// The tag a build gets when the request names none (E2B's default).
 const DEFAULT_TAG: &str = "default";
 /// Status polls return at most this many log entries (py 2.63 asks for 100).
