@@ -81,8 +81,7 @@ pub struct TemplateBuildState {
     pub cache_dir: PathBuf,
     /// Daemon data dir: uploads and per-build contexts go under it.
     pub data_dir: PathBuf,
-    /// Base URL the SDK reaches this server at (`http://127.0.0.1:PORT`),
-    /// for upload URLs.
+    /// Base URL for upload URLs when a request carries no usable `Host`.
     pub public_url: String,
     /// API keys (the upload route is the only one without).
     pub keys: KeyStore,
@@ -336,6 +335,7 @@ async fn request_build(State(s): State<TemplateBuildState>, bytes: Bytes) -> Res
 async fn file_upload_link(
     State(s): State<TemplateBuildState>,
     Path((id, hash)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Response> {
     if !plan::is_valid_files_hash(&hash) {
         return Err(TemplateBuildError::Hash(hash).into());
@@ -347,10 +347,21 @@ async fn file_upload_link(
     }
     let present = files::archive(&s.data_dir, &hash).is_file();
     let token = s.builds.issue_token(&hash, crate::store::now_ms());
-    let url = format!(
-        "{}/uploads/{hash}?token={token}",
-        s.public_url.trim_end_matches('/')
-    );
+    // The client reached us at its Host: hand the upload URL out there (a
+    // daemon bound to 0.0.0.0 has no single right address of its own).
+    let base = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".:-[]".contains(c))
+        })
+        .map_or_else(
+            || s.public_url.trim_end_matches('/').to_owned(),
+            |h| format!("http://{h}"),
+        );
+    let url = format!("{base}/uploads/{hash}?token={token}");
     Ok((
         StatusCode::CREATED,
         Json(TemplateBuildFileUpload {
