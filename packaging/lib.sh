@@ -12,30 +12,44 @@ APPLIANCE_TOOLS=(
     "mmdebstrap mmdebstrap" "mkfs.ext4 e2fsprogs"                # the guest image
 )
 
-# Installs the packages of the given "command package" pairs whose command is
-# missing (a "command" starting with / is a file that must exist); apt-get
-# update runs once, and only when something is missing.
-install_tools() {
-    local missing=() pair
+# The packages of the given "command package" pairs whose command is missing
+# (a "command" starting with / is a file that must exist), one per line.
+missing_packages() {
+    local pair
     for pair in "$@"; do
         set -- $pair
         case "$1" in
-            /*) [ -e "$1" ] || missing+=("$2") ;;
-            *) command -v "$1" >/dev/null || missing+=("$2") ;;
+            /*) [ -e "$1" ] || echo "$2" ;;
+            *) command -v "$1" >/dev/null || echo "$2" ;;
         esac
     done
     # The SDK suites and benchmarks run in venvs.
-    if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then missing+=(python3-venv); fi
-    # shellcheck disable=SC2207 # package names have no spaces
-    missing=($(printf '%s\n' ${missing[@]+"${missing[@]}"} | sort -u))
-    if [ "${#missing[@]}" -eq 0 ]; then
-        echo "all present"
-        return 0
-    fi
-    echo "installing: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || echo python3-venv
+}
+
+# Installs what missing_packages names; apt-get update runs once, and only
+# when something is missing. Checks again afterwards: apt may remove a
+# package to install another (a newer qemu-utils from backports goes when
+# bookworm's qemu-system-x86 comes in), so a second round installs what the
+# first one took away, and a third finding means a clear failure.
+install_tools() {
+    local missing round
+    for round in 1 2 3; do
+        # shellcheck disable=SC2207 # package names have no spaces
+        missing=($(missing_packages "$@" | sort -u))
+        if [ "${#missing[@]}" -eq 0 ]; then
+            [ "$round" -eq 1 ] && echo "all present"
+            return 0
+        fi
+        if [ "$round" -eq 3 ]; then
+            echo "still missing after installing: ${missing[*]}" >&2
+            return 1
+        fi
+        echo "installing: ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        [ "$round" -eq 1 ] && apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || return 1
+    done
 }
 
 # envd is built statically (glibc +crt-static) so it runs as init in any
