@@ -77,6 +77,7 @@ class Appliance:
     data_dir: Path
     log: Path
     port: int = 0
+    metrics_port: int = 0  # the Prometheus listener (`--metrics-listen`)
     key: str = ""        # `e2b_<hex>`, what the SDK gets
     raw_key: str = ""    # `lel_<hex>`, what the CLI printed
     proc: Optional[subprocess.Popen] = None
@@ -116,6 +117,13 @@ class Appliance:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def scrape(self) -> str:
+        """The daemon's Prometheus page."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as r:
+            assert r.status == 200, r.status
+            assert r.headers.get("content-type", "").startswith("text/plain"), r.headers
+            return r.read().decode()
 
     def sdk_env(self) -> dict[str, str]:
         """The E2B_* variables that point the stock SDK at this appliance."""
@@ -174,7 +182,7 @@ class Appliance:
             self.binary, "serve",
             "--data-dir", str(self.data_dir),
             "--listen", f"127.0.0.1:{self.port}",
-            "--metrics-listen", "none",
+            "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
             "--templates-dir", str(self.templates_dir),
             "--image-manifest", self.manifest,
         ]
@@ -210,7 +218,7 @@ class Appliance:
             self._wait_healthy()
             return
         for attempt in range(3):
-            self.port = free_port()
+            self.port, self.metrics_port = free_port(), free_port()
             self.proc = self._spawn()
             try:
                 self._wait_healthy()
@@ -218,7 +226,8 @@ class Appliance:
             except HarnessError:
                 self._kill_daemon()
                 # Another process may have taken the port between probe and bind.
-                if attempt == 2 or "bind" not in self.log_tail(40).lower():
+                tail = self.log_tail(40).lower()
+                if attempt == 2 or not any(w in tail for w in ("bind", "address already in use")):
                     raise
 
     def stop(self) -> int:

@@ -72,3 +72,15 @@ def has_process(sbx: Sandbox, pid: int, needle: str) -> bool:
             assert needle in text, f"pid {pid} runs {text!r}, not {needle!r}"
             return True
     return False
+
+
+def prom_values(page: str, name: str) -> dict[str, float]:
+    """`{sandbox id: value}` of one per-sandbox family on a Prometheus page."""
+    out = {}
+    for line in page.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        labels, _, value = line[len(name) + 1:].rpartition("} ")
+        fields = dict(part.split("=", 1) for part in labels.split(","))
+        out[fields["sandbox"].strip('"')] = float(value)
+    return out

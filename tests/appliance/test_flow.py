@@ -12,7 +12,7 @@ from e2b import (NotFoundException, Sandbox, SandboxQuery, SandboxState,
                  TimeoutException)
 
 from helpers import (CLOCK_SLACK_S, HOME, assert_error, assert_not_found_on_envd,
-                     bg_sleep, has_process, list_sdk, now, wait_until)
+                     bg_sleep, has_process, list_sdk, now, prom_values, wait_until)
 
 LOG_ENTRY_KEYS = {"timestamp", "message", "level", "fields"}
 
@@ -106,6 +106,20 @@ def test_full_lifecycle(appliance, sandboxes) -> None:
     assert 256 << 20 < m.mem_total <= 512 << 20, f"guest has 512 MiB: {m}"
     assert 0 <= m.disk_used <= m.disk_total, m
 
+    # --- the operator's view: host and guest figures per sandbox ---------------
+    def page_with_guest_figures() -> str | None:
+        page = appliance.scrape()
+        return page if sid in prom_values(page, "lelantos_sandbox_guest_memory_used_bytes") else None
+
+    page = wait_until(page_with_guest_figures, timeout=20, interval=1,
+                      what="the sandbox's series on the Prometheus page")
+    rss = prom_values(page, "lelantos_sandbox_vmm_rss_bytes")[sid]
+    assert 64 << 20 < rss < 2 << 30, f"QEMU's RSS for a 512 MiB guest: {rss}"
+    assert prom_values(page, "lelantos_sandbox_vmm_cpu_seconds_total")[sid] > 0
+    assert prom_values(page, "lelantos_sandbox_disk_read_bytes_total")[sid] > 0
+    assert 0 < prom_values(page, "lelantos_sandbox_guest_memory_used_bytes")[sid] <= 512 << 20
+    assert 'lelantos_sandbox_creates_total{outcome="ok"}' in page, page[:2000]
+
     # --- logs: lifecycle events --------------------------------------------
     v1 = appliance.api("GET", f"/sandboxes/{sid}/logs")
     assert v1.status == 200, v1
@@ -137,3 +151,6 @@ def test_full_lifecycle(appliance, sandboxes) -> None:
     assert sid not in {s["sandboxID"] for s in appliance.list_all()}
     assert sbx.is_running() is False
     assert_not_found_on_envd(appliance.envd(sid, "GET", "/health"))
+    # Its series leave the operator's page with it (a paused one keeps them:
+    # its VMM still holds the guest's memory).
+    assert sid not in prom_values(appliance.scrape(), "lelantos_sandbox_vmm_rss_bytes")

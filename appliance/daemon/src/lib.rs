@@ -10,6 +10,7 @@
 pub mod api;
 pub mod builder;
 pub mod doctor;
+pub mod exporter;
 pub mod keys;
 pub mod net;
 pub mod oci;

@@ -167,16 +167,6 @@ async fn qemu_driver(config: &DaemonConfig, image: &GuestImage) -> anyhow::Resul
     })?)
 }
 
-fn install_metrics(addr: Option<SocketAddr>) -> anyhow::Result<()> {
-    let Some(addr) = addr else { return Ok(()) };
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .install()
-        .with_context(|| format!("start the Prometheus listener on {addr}"))?;
-    tracing::info!(%addr, "metrics on http://{addr}/metrics");
-    Ok(())
-}
-
 /// Keeps the per-state sandbox gauge current.
 fn spawn_state_gauges(sandboxes: Sandboxes, stop: CancellationToken) {
     tokio::spawn(async move {
@@ -248,6 +238,15 @@ pub async fn run(o: Overrides) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen.api)
         .await
         .with_context(|| format!("listen on {}", config.listen.api))?;
+    let metrics_listener = match config.listen.metrics {
+        Some(addr) => Some((
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listen for Prometheus on {addr}"))?,
+            crate::exporter::install().context("install the metrics recorder")?,
+        )),
+        None => None,
+    };
     let store = Store::open(&config.data_dir).context("open the state database")?;
     let keys = Store::open(&config.data_dir).context("open the state database (keys)")?;
     key_hint(&keys, &config.data_dir);
@@ -295,9 +294,18 @@ pub async fn run(o: Overrides) -> anyhow::Result<()> {
     }
     let summary = sandboxes.recover().await.context("recover sandboxes")?;
     tracing::info!("{summary}");
-    install_metrics(config.listen.metrics)?;
 
     let stop = CancellationToken::new();
+    if let Some((listener, recorded)) = metrics_listener {
+        let addr = listener.local_addr().ok();
+        tracing::info!(?addr, "Prometheus metrics on /metrics");
+        let (sandboxes, stop) = (sandboxes.clone(), stop.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::exporter::serve(listener, recorded, sandboxes, stop).await {
+                tracing::error!(error = %e, "the metrics listener stopped");
+            }
+        });
+    }
     spawn_state_gauges(sandboxes.clone(), stop.clone());
     spawn_watchdog(stop.clone());
     let source = match &config.templates_git {

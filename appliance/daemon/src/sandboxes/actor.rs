@@ -21,6 +21,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::envd::{Envd, EnvdMetrics, InitRequest};
+use super::usage::{Usage, VmmUsage};
 use super::{Command, Connected, Error, Live, Sandboxes, secs_ms, state_name};
 use crate::net::VmNetwork;
 use crate::proxy::{DialFuture, Dialer, Upstream};
@@ -662,7 +663,8 @@ impl Actor {
         self.owner.unregister(&self.row.sandbox_id);
     }
 
-    async fn sample(&mut self) -> bool {
+    /// Asks envd for the guest's view; keeps it for the metrics API.
+    async fn sample(&mut self) -> Option<EnvdMetrics> {
         let envd = Envd::new(self.dialer.as_ref(), self.row.envd_access_token.as_deref());
         match envd.metrics().await {
             Ok(metrics) => {
@@ -674,27 +676,38 @@ impl Actor {
                     metrics,
                 });
                 self.failed_samples = 0;
-                true
+                Some(metrics)
             }
             Err(e) => {
                 tracing::debug!(sandbox = %self.row.sandbox_id, error = %e, "metrics sample failed");
                 self.failed_samples += 1;
-                false
+                None
             }
         }
     }
 
-    /// Samples; after repeated failures asks the VMM whether the VM still
-    /// exists, and fails the sandbox if not (QEMU died, guest powered off).
+    /// Samples the guest (envd) and the host side (the VMM) and publishes
+    /// both for the operator; after repeated envd failures with no VMM
+    /// answer either, fails the sandbox (QEMU died, guest powered off).
     async fn sample_or_check(&mut self) -> Flow {
-        if self.sample().await || self.failed_samples < FAILED_SAMPLES_BEFORE_CHECK {
-            return Flow::Continue;
-        }
-        let alive = match self.vm.as_ref() {
-            Some(vm) => self.owner.inner().qemu().info(vm).await.is_ok(),
-            None => false,
+        let guest = self.sample().await;
+        let vmm = match self.vm.as_ref() {
+            Some(vm) => self.owner.inner().qemu().info(vm).await.ok(),
+            None => None,
         };
-        if alive {
+        self.owner.set_usage(
+            &self.row.sandbox_id,
+            Usage {
+                template: self.row.template_id.clone(),
+                accelerator: vmm
+                    .as_ref()
+                    .map(|i| i.accelerator.clone())
+                    .unwrap_or_default(),
+                vmm: vmm.as_ref().map(VmmUsage::from),
+                guest,
+            },
+        );
+        if guest.is_some() || self.failed_samples < FAILED_SAMPLES_BEFORE_CHECK || vmm.is_some() {
             return Flow::Continue;
         }
         self.fail("the VM is gone (VMM exited or the guest powered off)")

@@ -11,6 +11,7 @@
 pub mod actor;
 pub mod envd;
 mod recover;
+pub mod usage;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -150,6 +151,7 @@ pub(crate) struct Inner {
     settings: Settings,
     actors: Mutex<HashMap<String, mpsc::Sender<Command>>>,
     live: RwLock<HashMap<String, Live>>,
+    usage: Mutex<BTreeMap<String, usage::Usage>>,
     shutdown: CancellationToken,
 }
 
@@ -177,6 +179,7 @@ impl Sandboxes {
                 settings,
                 actors: Mutex::new(HashMap::new()),
                 live: RwLock::new(HashMap::new()),
+                usage: Mutex::new(BTreeMap::new()),
                 shutdown: CancellationToken::new(),
             }),
         }
@@ -564,6 +567,24 @@ impl Sandboxes {
     pub(crate) fn unregister(&self, id: &str) {
         self.actors().remove(id);
         self.set_live(id, None);
+        self.usage_table().remove(id);
+    }
+
+    pub(crate) fn set_usage(&self, id: &str, usage: usage::Usage) {
+        self.usage_table().insert(id.to_owned(), usage);
+    }
+
+    /// Per-sandbox host and guest figures in Prometheus' text format, for the
+    /// metrics page; only sandboxes whose actor runs appear.
+    pub fn usage_page(&self) -> String {
+        usage::render(&self.usage_table())
+    }
+
+    fn usage_table(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, usage::Usage>> {
+        self.inner
+            .usage
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub(crate) fn set_live(&self, id: &str, live: Option<Live>) {
