@@ -35,6 +35,7 @@ pub async fn require_token(State(sandbox): State<Sandbox>, req: Request, next: N
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
         if !token_matches(&required, presented) {
+            crate::http::drain(req.into_body()).await;
             return json_error(http::StatusCode::UNAUTHORIZED, UNAUTHORIZED).into_response();
         }
     }

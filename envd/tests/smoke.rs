@@ -139,3 +139,69 @@ async fn h2c_prior_knowledge_serves_rpcs_too() {
     assert_eq!(res.status().as_u16(), 200);
     assert_eq!(res.text().await.unwrap(), "{}");
 }
+
+/// A refused request whose body is still arriving gets its 401 and the
+/// connection stays usable: envd reads the rest of the body before answering
+/// (hyper would otherwise close the socket under the writing client, which
+/// then sees a broken pipe or a reset instead of the 401).
+#[tokio::test]
+async fn a_refusal_waits_for_the_body_and_keeps_the_connection() {
+    let e = common::TestEnvd::start().await;
+    let res = e
+        .http
+        .post(format!("{}/init", e.base))
+        .json(&serde_json::json!({"accessToken": "tok"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 204);
+    // An RPC refused by the token check, and an upload refused by /files' own.
+    for (target, content_type) in [
+        ("/process.Process/List", "application/json"),
+        ("/files?path=/tmp/refused", "application/octet-stream"),
+    ] {
+        let text = slow_post_then_health(&e.base, target, content_type).await;
+        assert!(text.starts_with("HTTP/1.1 401"), "{target}: {text}");
+        assert!(text.contains("\"code\":401"), "{target}: {text}");
+    }
+}
+
+/// Sends a POST whose body's second half comes late, then `GET /health` on
+/// the same connection; returns everything read up to the health answer.
+async fn slow_post_then_health(base: &str, target: &str, content_type: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let addr = base.trim_start_matches("http://").to_owned();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let half = vec![b'x'; 32 * 1024];
+    let head = format!(
+        "POST {target} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        2 * half.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&half).await.unwrap();
+    // The client is slow: the second half comes after envd has decided.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    conn.write_all(&half)
+        .await
+        .expect("envd still reads the body");
+    conn.write_all(format!("GET /health HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !String::from_utf8_lossy(&got).contains("HTTP/1.1 204") {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, conn.read(&mut buf))
+            .await
+            .expect("both answers within 10 s")
+            .expect("the connection stays open");
+        assert!(
+            n > 0,
+            "envd closed the connection: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}

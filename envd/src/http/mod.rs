@@ -36,6 +36,32 @@ impl axum::extract::FromRef<AppState> for Sandbox {
     }
 }
 
+/// Most of a refused request's body that is read before the refusal goes out.
+const DRAIN_LIMIT: usize = 1 << 20;
+
+/// Longest wait for it (a bidirectional stream never ends on its own).
+const DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reads and drops what is left of a refused request's body, within bounds,
+/// before the refusal is sent. hyper closes a connection whose request body
+/// was left unread, and a client still writing that body then gets a broken
+/// pipe instead of the 401/400 we meant (the SDKs raise a network error).
+pub async fn drain(body: axum::body::Body) {
+    use http_body_util::BodyExt as _;
+    let mut body = body;
+    let read = async {
+        let mut left = DRAIN_LIMIT;
+        while let Some(Ok(frame)) = body.frame().await {
+            let len = frame.data_ref().map_or(0, bytes::Bytes::len);
+            match left.checked_sub(len) {
+                Some(l) => left = l,
+                None => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_DEADLINE, read).await;
+}
+
 /// E2B's error body: `{"code": <status>, "message": "..."}`.
 pub fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
     let body = serde_json::json!({ "code": status.as_u16(), "message": message.into() });

@@ -61,6 +61,15 @@ enum BodyKind {
     Multipart(String),
 }
 
+/// What is settled before the body is read.
+struct Preflight {
+    query: FilesQuery,
+    user: User,
+    metadata: BTreeMap<String, String>,
+    kind: BodyKind,
+    encoding: Encoding,
+}
+
 /// `POST /files`.
 pub async fn upload(
     State(state): State<AppState>,
@@ -68,23 +77,40 @@ pub async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match receive(&state, &uri, &headers, body).await {
+    let pre = match preflight(&state, &uri, &headers) {
+        Ok(pre) => pre,
+        Err(e) => {
+            crate::http::drain(body).await;
+            return e.into_response();
+        }
+    };
+    match receive(&state, pre, body).await {
         Ok(written) => Json(written).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
-async fn receive(
-    state: &AppState,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Vec<WriteInfo>, Error> {
-    let q = FilesQuery::parse(uri)?;
-    let user = authorize(&state.sandbox, headers, &q, Operation::Write)?;
-    let metadata = parse_metadata(headers)?;
-    let kind = body_kind(headers)?;
-    let data = decoded_body(headers, body)?;
+fn preflight(state: &AppState, uri: &Uri, headers: &HeaderMap) -> Result<Preflight, Error> {
+    let query = FilesQuery::parse(uri)?;
+    let user = authorize(&state.sandbox, headers, &query, Operation::Write)?;
+    Ok(Preflight {
+        user,
+        metadata: parse_metadata(headers)?,
+        kind: body_kind(headers)?,
+        encoding: encoding(headers)?,
+        query,
+    })
+}
+
+async fn receive(state: &AppState, pre: Preflight, body: Body) -> Result<Vec<WriteInfo>, Error> {
+    let Preflight {
+        query: q,
+        user,
+        metadata,
+        kind,
+        encoding,
+    } = pre;
+    let data = decoded_body(encoding, body);
     let workdir = state.sandbox.settings().default_workdir;
     let resolve = |raw: &str| crate::paths::resolve(raw, &user, workdir.as_deref());
     let path_query = q.path.as_deref().filter(|p| !p.is_empty());
@@ -191,8 +217,15 @@ fn body_kind(headers: &HeaderMap) -> Result<BodyKind, Error> {
     }
 }
 
-/// The body with its `Content-Encoding` removed.
-fn decoded_body(headers: &HeaderMap, body: Body) -> Result<DataStream, Error> {
+/// How the body is encoded as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Identity,
+    Gzip,
+}
+
+/// The request's `Content-Encoding`, if we can undo it.
+fn encoding(headers: &HeaderMap) -> Result<Encoding, Error> {
     let encoding = headers
         .get_all(header::CONTENT_ENCODING)
         .iter()
@@ -204,11 +237,19 @@ fn decoded_body(headers: &HeaderMap, body: Body) -> Result<DataStream, Error> {
         .filter(|v| !v.is_empty())
         .collect::<Vec<_>>()
         .join(",");
-    let stream = body.into_data_stream();
     match encoding.as_str() {
-        "" | "identity" => Ok(Box::pin(stream.map_err(Error::Body))),
-        "gzip" | "x-gzip" => Ok(Box::pin(gzip::decode(stream))),
+        "" | "identity" => Ok(Encoding::Identity),
+        "gzip" | "x-gzip" => Ok(Encoding::Gzip),
         _ => Err(Error::UnsupportedContentEncoding(encoding)),
+    }
+}
+
+/// The body with its encoding removed.
+fn decoded_body(encoding: Encoding, body: Body) -> DataStream {
+    let stream = body.into_data_stream();
+    match encoding {
+        Encoding::Identity => Box::pin(stream.map_err(Error::Body)),
+        Encoding::Gzip => Box::pin(gzip::decode(stream)),
     }
 }
 
