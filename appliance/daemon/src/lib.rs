@@ -16,6 +16,7 @@ pub mod net;
 pub mod oci;
 pub mod proxy;
 pub mod reconcile;
+pub mod report;
 pub mod sandboxes;
 pub mod serve;
 pub mod store;

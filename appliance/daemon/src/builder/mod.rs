@@ -304,7 +304,9 @@ impl Builder {
     ) -> Result<GuestConfig, BuildError> {
         let vm_err = |what: &str| {
             let what = what.to_owned();
-            move |e: crate::vmm::Error| BuildError::Vm(format!("{what}: {e}"))
+            move |e: crate::vmm::Error| {
+                BuildError::Vm(format!("{what}: {}", crate::report::chain(&e)))
+            }
         };
         // Missing or escaping copy sources fail before a VM is booted.
         for (index, step) in input.steps.iter().enumerate() {
@@ -360,8 +362,11 @@ impl Builder {
         tmp: &Path,
         sink: &LogSink<'_>,
     ) -> Result<GuestConfig, BuildError> {
-        let vm_err =
-            |what: &'static str| move |e: crate::vmm::Error| BuildError::Vm(format!("{what}: {e}"));
+        let vm_err = |what: &'static str| {
+            move |e: crate::vmm::Error| {
+                BuildError::Vm(format!("{what}: {}", crate::report::chain(&e)))
+            }
+        };
         let want = input.disk_mib.map(|mib| u64::from(mib) * 1024 * 1024);
         let grow = want.filter(|bytes| *bytes > input.base.rootfs_bytes);
         if let Some(bytes) = grow {

@@ -25,6 +25,7 @@ use super::usage::{Usage, VmmUsage};
 use super::{Command, Connected, Error, Live, Sandboxes, secs_ms, state_name};
 use crate::net::VmNetwork;
 use crate::proxy::{DialFuture, Dialer, Upstream};
+use crate::report::chain;
 use crate::store::{self, events::NewEvent, sandboxes::SandboxRow};
 use crate::templates::GuestConfig;
 use crate::vmm::VmBackend as _;
@@ -226,7 +227,7 @@ async fn provision(
     let _ = owner.with_store(|s| append_event(s, &row, "provisioning", "creating the VM"));
     let mut vm = match qemu.create(spec).await {
         Ok(vm) => vm,
-        Err(e) => return Err(fail(&row, format!("create VM: {e}"))),
+        Err(e) => return Err(fail(&row, format!("create VM: {}", chain(&e)))),
     };
     let vm_dir = vm.dir.path.display().to_string();
     owner.with_store(|s| {
@@ -242,7 +243,9 @@ async fn provision(
     let mut row = row;
     row.vm_dir = Some(vm_dir);
     let booted = async {
-        qemu.boot(&mut vm).await.map_err(|e| format!("boot: {e}"))?;
+        qemu.boot(&mut vm)
+            .await
+            .map_err(|e| format!("boot: {}", chain(&e)))?;
         let dialer = NetnsDialer {
             net: vm.net.clone(),
         };
@@ -645,7 +648,10 @@ impl Actor {
                 }
             }
             Err(e) => {
-                let _ = self.transition(SandboxEvent::Fail, Some(&format!("shutdown: {e}")));
+                let _ = self.transition(
+                    SandboxEvent::Fail,
+                    Some(&format!("shutdown: {}", chain(&e))),
+                );
             }
         }
         self.owner.unregister(&self.row.sandbox_id);
@@ -658,7 +664,7 @@ impl Actor {
         if let Some(vm) = self.vm.as_mut()
             && let Err(e) = self.owner.inner().qemu().shutdown(vm).await
         {
-            tracing::warn!(sandbox = %self.row.sandbox_id, error = %e, "release VM of failed sandbox");
+            tracing::warn!(sandbox = %self.row.sandbox_id, error = %chain(&e), "release VM of failed sandbox");
         }
         self.owner.unregister(&self.row.sandbox_id);
     }

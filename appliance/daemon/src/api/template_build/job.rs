@@ -67,17 +67,7 @@ pub enum PublishError {
     },
 }
 
-/// `e` and its sources, `: `-joined: the SDK only shows one string.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut message = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        message.push_str(": ");
-        message.push_str(&s.to_string());
-        source = s.source();
-    }
-    message
-}
+pub use crate::report::chain;
 
 /// What a job needs besides the shared state.
 #[derive(Debug, Clone)]
