@@ -36,5 +36,18 @@ pub mod users;
 /// 0.6.13 enables everything they use.
 pub const ENVD_VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// `err: source: source…` on one line: where an error becomes a string (a
+/// Connect message, a log field), so the OS error underneath is kept.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut msg = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
 /// E2B's well-known envd port.
 pub const DEFAULT_PORT: u16 = 49983;

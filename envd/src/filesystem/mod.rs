@@ -37,6 +37,7 @@ use connectrpc::{
 };
 use envd_protocol::filesystem::*;
 
+use crate::error_chain;
 use crate::sandbox::Sandbox;
 use crate::users::{Accounts, User};
 
@@ -141,19 +142,6 @@ impl From<Error> for ConnectError {
     fn from(err: Error) -> Self {
         ConnectError::new(err.code(), error_chain(&err))
     }
-}
-
-/// `err: source: source…`; the Connect message is the only place the chain
-/// is printed, so the client sees the OS error too.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut msg = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
 }
 
 /// The filesystem service.

@@ -17,7 +17,8 @@ use notify::RecommendedWatcher;
 use rand::Rng as _;
 
 use super::events::{self, WatchSpec};
-use super::{Error, FilesystemService, blocking, error_chain};
+use super::{Error, FilesystemService, blocking};
+use crate::error_chain;
 
 /// Events kept for a watcher nobody polls. Past this the watcher fails as
 /// if the kernel queue had overflowed, instead of growing without bound.

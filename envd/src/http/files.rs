@@ -32,6 +32,7 @@ use serde::Deserialize;
 
 use super::json_error;
 use super::signing::{self, Operation};
+use crate::error_chain;
 use crate::sandbox::Sandbox;
 use crate::users::User;
 
@@ -232,18 +233,6 @@ impl IntoResponse for Error {
         }
         res
     }
-}
-
-/// `err: cause: cause` for logs.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
-        cur = e.source();
-    }
-    out
 }
 
 /// Checks the token header or URL signature (when the sandbox has a token),
