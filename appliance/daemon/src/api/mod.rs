@@ -18,6 +18,7 @@ pub mod auth;
 pub mod error;
 pub mod error_body;
 pub mod list_query;
+pub mod log_level;
 pub mod next_token;
 pub mod sandboxes;
 pub mod server;

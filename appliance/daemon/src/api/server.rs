@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 
 use super::auth::{KeyStore, protect};
 use super::error::ApiError;
+use super::log_level;
 use super::{
     ConnectRequestV2, ListOrder, ListQuery, ListedSandbox, ListedSandboxState, NewSandbox,
     NextToken, PauseRequest, RefreshRequest, ResumeRequest, Sandbox, SandboxDetail,
@@ -392,16 +393,6 @@ struct LogsV2Query {
     search: Option<String>,
 }
 
-fn level_rank(level: &str) -> Option<u8> {
-    match level {
-        "debug" => Some(0),
-        "info" => Some(1),
-        "warn" => Some(2),
-        "error" => Some(3),
-        _ => None,
-    }
-}
-
 async fn logs_v2(
     State(s): State<ApiState>,
     Path(id): Path<String>,
@@ -414,7 +405,7 @@ async fn logs_v2(
     }
     let min_level = match q.level.as_deref() {
         None | Some("") => 0,
-        Some(l) => level_rank(l).ok_or_else(|| {
+        Some(l) => log_level::rank(l).ok_or_else(|| {
             ApiError::bad_request(format!(
                 "invalid level '{l}': expected debug, info, warn or error"
             ))
@@ -431,7 +422,7 @@ async fn logs_v2(
     };
     let mut events = s.sandboxes.logs(&id, None, None)?;
     events.retain(|e| {
-        level_rank(level_of(e)).unwrap_or(0) >= min_level
+        log_level::rank(level_of(e)).unwrap_or(0) >= min_level
             && q.search
                 .as_deref()
                 .is_none_or(|needle| e.message.contains(needle))

@@ -53,6 +53,7 @@ use lelantos_core::{MemoryMib, Vcpus};
 
 use super::auth::{KeyStore, protect};
 use super::error::ApiError;
+use super::log_level;
 use files::FilesError;
 use plan::{PlanError, TemplateName};
 use registry::BuildRecord;
@@ -443,16 +444,6 @@ async fn start_build(
     Ok(StatusCode::ACCEPTED)
 }
 
-fn level_rank(level: &str) -> Option<u8> {
-    match level {
-        "debug" => Some(0),
-        "info" => Some(1),
-        "warn" => Some(2),
-        "error" => Some(3),
-        _ => None,
-    }
-}
-
 /// `GET /templates/{id}/builds/{build_id}/status?logsOffset=&limit=&level=`:
 /// the status, and log entries from `logsOffset` (the SDK adds what it got
 /// to its offset), at most `limit` (≤ 100).
@@ -477,7 +468,7 @@ async fn build_status(
         .clamp(1, MAX_LOG_PAGE);
     let min_level = match query_param(q.as_deref(), "level") {
         None => 0,
-        Some(l) => level_rank(&l).ok_or_else(|| {
+        Some(l) => log_level::rank(&l).ok_or_else(|| {
             TemplateBuildError::Query(format!(
                 "invalid level `{l}`: expected debug, info, warn or error"
             ))
@@ -487,7 +478,7 @@ async fn build_status(
     let entries: Vec<BuildLogEntry> = record
         .log
         .into_iter()
-        .filter(|e| level_rank(&e.level).unwrap_or(1) >= min_level)
+        .filter(|e| log_level::rank(&e.level).unwrap_or(1) >= min_level)
         .skip(offset)
         .take(limit)
         .collect();
