@@ -167,6 +167,7 @@ impl<'a> Envd<'a> {
         }
     }
 
+    /// A JSON (or bodiless) request to `path`, answered in full.
     async fn call(
         &self,
         method: http::Method,
@@ -174,22 +175,31 @@ impl<'a> Envd<'a> {
         body: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<(u16, Bytes), EnvdError> {
-        let exchange = async {
-            let mut req = http::Request::builder().method(method).uri(path);
-            if body.is_some() {
-                req = req.header(http::header::CONTENT_TYPE, "application/json");
-            }
-            let (res, conn) = self
-                .send(req, Bytes::from(body.unwrap_or_default()))
-                .await?;
+        let mut req = http::Request::builder().method(method).uri(path);
+        if body.is_some() {
+            req = req.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        self.exchange(req, path, Bytes::from(body.unwrap_or_default()), timeout)
+            .await
+    }
+
+    /// Sends `req` with `body` and reads the whole answer, all within
+    /// `timeout`; `path` names the endpoint in errors.
+    async fn exchange(
+        &self,
+        req: http::request::Builder,
+        path: &'static str,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<(u16, Bytes), EnvdError> {
+        within(path, timeout, async {
+            let (res, conn) = self.send(req, body).await?;
             let status = res.status().as_u16();
             let bytes = res.into_body().collect().await;
             conn.abort();
             Ok((status, bytes?.to_bytes()))
-        };
-        tokio::time::timeout(timeout, exchange)
-            .await
-            .map_err(|_| EnvdError::Timeout { path, timeout })?
+        })
+        .await
     }
 
     fn expect(
@@ -200,11 +210,7 @@ impl<'a> Envd<'a> {
         if status == want {
             Ok(body)
         } else {
-            Err(EnvdError::Status {
-                path,
-                status,
-                body: String::from_utf8_lossy(&body).chars().take(300).collect(),
-            })
+            Err(status_error(path, status, &body))
         }
     }
 
@@ -294,11 +300,7 @@ impl<'a> Envd<'a> {
             let body = res.into_body().collect().await;
             conn.abort();
             let body = body.map(|b| b.to_bytes()).unwrap_or_default();
-            return Err(EnvdError::Status {
-                path: START,
-                status,
-                body: String::from_utf8_lossy(&body).chars().take(300).collect(),
-            });
+            return Err(status_error(START, status, &body));
         }
         Ok((
             Envelopes {
@@ -365,13 +367,7 @@ impl<'a> Envd<'a> {
         };
         // envd enforces the deadline itself; the margin lets its end event
         // (and the reason) arrive before we give up on the connection.
-        let limit = timeout + Duration::from_secs(10);
-        tokio::time::timeout(limit, exchange)
-            .await
-            .map_err(|_| EnvdError::Timeout {
-                path: START,
-                timeout: limit,
-            })?
+        within(START, timeout + Duration::from_secs(10), exchange).await
     }
 
     /// Starts `/bin/sh -c cmd` through envd's `Start` RPC without a
@@ -417,13 +413,7 @@ impl<'a> Envd<'a> {
                 }),
             }
         };
-        let limit = Duration::from_secs(60);
-        tokio::time::timeout(limit, exchange)
-            .await
-            .map_err(|_| EnvdError::Timeout {
-                path: START,
-                timeout: limit,
-            })?
+        within(START, Duration::from_secs(60), exchange).await
     }
 
     /// Writes `bytes` to `path` in the guest (`POST /files`, one raw
@@ -449,32 +439,39 @@ impl<'a> Envd<'a> {
         let uri = format!("{FILES}?{query}");
         // Roughly 1 MiB/s at worst through a TCG guest, plus a floor.
         let timeout = Duration::from_secs(60 + (bytes.len() as u64 >> 20));
-        let exchange = async {
-            let req = http::Request::builder()
-                .method(http::Method::POST)
-                .uri(uri)
-                .header(http::header::CONTENT_TYPE, "application/octet-stream");
-            let (res, conn) = self.send(req, bytes).await?;
-            let status = res.status().as_u16();
-            let body = res.into_body().collect().await;
-            conn.abort();
-            let body = body?.to_bytes();
-            if (200..300).contains(&status) {
-                Ok(())
-            } else {
-                Err(EnvdError::Status {
-                    path: FILES,
-                    status,
-                    body: String::from_utf8_lossy(&body).chars().take(300).collect(),
-                })
-            }
-        };
-        tokio::time::timeout(timeout, exchange)
-            .await
-            .map_err(|_| EnvdError::Timeout {
-                path: FILES,
-                timeout,
-            })?
+        let req = http::Request::builder()
+            .method(http::Method::POST)
+            .uri(uri)
+            .header(http::header::CONTENT_TYPE, "application/octet-stream");
+        let (status, body) = self.exchange(req, FILES, bytes, timeout).await?;
+        if (200..300).contains(&status) {
+            Ok(())
+        } else {
+            Err(status_error(FILES, status, &body))
+        }
+    }
+}
+
+/// Runs `exchange` with envd against `limit`; `path` names the endpoint.
+async fn within<T>(
+    path: &'static str,
+    limit: Duration,
+    exchange: impl Future<Output = Result<T, EnvdError>>,
+) -> Result<T, EnvdError> {
+    tokio::time::timeout(limit, exchange)
+        .await
+        .map_err(|_| EnvdError::Timeout {
+            path,
+            timeout: limit,
+        })?
+}
+
+/// envd answered `status` to `path`; the start of its body says why.
+fn status_error(path: &'static str, status: u16, body: &[u8]) -> EnvdError {
+    EnvdError::Status {
+        path,
+        status,
+        body: String::from_utf8_lossy(body).chars().take(300).collect(),
     }
 }
 
