@@ -319,15 +319,15 @@ impl Reconciler {
         };
         if !needs_build(spec) {
             let id = templates::builtin_build_id(&self.builtin);
-            return match publish(id.clone(), self.builtin.clone(), GuestConfig::default()) {
-                Ok(()) => ready(
-                    "Published",
-                    "served from the builtin image".into(),
-                    id,
-                    None,
-                ),
-                Err(e) => stalled("PublishFailed", e.to_string(), serving, Some(id)),
-            };
+            let published = publish(id.clone(), self.builtin.clone(), GuestConfig::default());
+            return after_publish(
+                published,
+                "Published",
+                "served from the builtin image".into(),
+                id,
+                None,
+                serving,
+            );
         }
         let (base, base_config, base_id) = match self.resolve_base(spec).await {
             Ok(b) => b,
@@ -337,14 +337,23 @@ impl Reconciler {
             Ok(k) => k,
             Err(message) => return stalled("InvalidInput", message, serving, None),
         };
-        let publish_output = |out: crate::builder::BuildOutput| {
+        let serve_output = |out: crate::builder::BuildOutput, reason, message| {
             let image = Arc::new(GuestImage {
                 manifest: out.dir.join("output.json"),
                 rootfs_bytes: std::fs::metadata(&out.rootfs).map_or(base.rootfs_bytes, |m| m.len()),
                 rootfs: out.rootfs.clone(),
                 ..(*base).clone()
             });
-            publish(key.clone(), image, out.config.clone())
+            let log = Some(out.log.display().to_string());
+            let published = publish(key.clone(), image, out.config.clone());
+            after_publish(
+                published,
+                reason,
+                message,
+                key.clone(),
+                log,
+                serving.clone(),
+            )
         };
         if serving.as_deref() == Some(key.as_str()) {
             return ready(
@@ -356,16 +365,11 @@ impl Reconciler {
         }
         if let Some(out) = self.builder.cached(&key) {
             metrics::counter!("lelantos_build_cache_total", "result" => "hit").increment(1);
-            let log = Some(out.log.display().to_string());
-            return match publish_output(out) {
-                Ok(()) => ready(
-                    "BuildCached",
-                    format!("build {} (cached)", short(&key)),
-                    key.clone(),
-                    log,
-                ),
-                Err(e) => stalled("PublishFailed", e.to_string(), serving, Some(key.clone())),
-            };
+            return serve_output(
+                out,
+                "BuildCached",
+                format!("build {} (cached)", short(&key)),
+            );
         }
         metrics::counter!("lelantos_build_cache_total", "result" => "miss").increment(1);
         self.write(
@@ -403,16 +407,11 @@ impl Reconciler {
         match result {
             Ok(out) => {
                 metrics::counter!("lelantos_template_builds_total", "outcome" => "ok").increment(1);
-                let log = Some(out.log.display().to_string());
-                match publish_output(out) {
-                    Ok(()) => ready(
-                        "BuildSucceeded",
-                        format!("build {} serving", short(&key)),
-                        key.clone(),
-                        log,
-                    ),
-                    Err(e) => stalled("PublishFailed", e.to_string(), serving, Some(key.clone())),
-                }
+                serve_output(
+                    out,
+                    "BuildSucceeded",
+                    format!("build {} serving", short(&key)),
+                )
             }
             Err(e) => {
                 metrics::counter!("lelantos_template_builds_total", "outcome" => "error")
@@ -533,6 +532,22 @@ fn ready(reason: &'static str, message: String, build: String, log: Option<Strin
         desired: Some(build.clone()),
         build_id: Some(build),
         log,
+    }
+}
+
+/// Ready as `reason` once `published` went through; otherwise Stalled,
+/// with `serving` (the previous build) still serving.
+fn after_publish(
+    published: Result<(), crate::templates::Error>,
+    reason: &'static str,
+    message: String,
+    build: String,
+    log: Option<String>,
+    serving: Option<String>,
+) -> Outcome {
+    match published {
+        Ok(()) => ready(reason, message, build, log),
+        Err(e) => stalled("PublishFailed", e.to_string(), serving, Some(build)),
     }
 }
 
